@@ -1,0 +1,280 @@
+"""The ``hookrelay`` command: option definitions and the error-handling shell.
+
+Data and ``--json`` output go to stdout; logs, progress and errors go to a
+Rich console on stderr. Every option has a ``HOOKRELAY_*`` variable and may
+be set in the config file (see :mod:`relay_client.settings`). Failures print
+one line, ``hookrelay: error: <reason>``, and exit with an
+:class:`ExitStatus`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import platformdirs
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from relay_client import __version__, api_client
+from relay_client.config import DEFAULT_RELAY, ListenerConfig, parse_target
+from relay_client.console import ListenerConsole
+from relay_client.errors import ClientError, RelayRejected, RelayUnreachable, Unauthorized, UsageError
+from relay_client.retry import RetryPolicy
+from relay_client.runner import listen as run_listener
+from relay_client.runner import resolve_channel, run_until_stopped
+from relay_client.settings import ChannelBook, SavedChannel, default_map, load_config_file
+from relay_client.units import parse_duration, parse_size
+
+
+class ExitStatus(enum.IntEnum):
+    OK = 0
+    ERROR = 1
+    USAGE = 2
+    UNAUTHORIZED = 3
+    UNREACHABLE = 4
+    INTERRUPTED = 130
+
+
+app = typer.Typer(
+    name="hookrelay",
+    help="Relay webhooks to a server on localhost, byte for byte, and lose none.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+channel_app = typer.Typer(help="Create and manage channels.", no_args_is_help=True)
+app.add_typer(channel_app, name="channel")
+
+stderr = Console(stderr=True, soft_wrap=True, highlight=False)
+
+RelayOption = Annotated[str, typer.Option("--relay", envvar="HOOKRELAY_RELAY", help="Base URL of the relay.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print data as JSON on stdout.")]
+AdminTokenOption = Annotated[
+    Optional[str],
+    typer.Option("--admin-token", envvar="HOOKRELAY_ADMIN_TOKEN", help="Admin token, for relays that guard channel creation.", show_default=False),
+]
+
+
+def _configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("hookrelay")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+@app.command()
+def listen(
+    forward: Annotated[str, typer.Option("--forward", "-f", envvar="HOOKRELAY_FORWARD", help="Target: a port, host:port, or URL with a path.")] = "8000",
+    relay: RelayOption = DEFAULT_RELAY,
+    channel: Annotated[Optional[str], typer.Option(envvar="HOOKRELAY_CHANNEL", help="Channel id; default: the remembered one, or a new one.", show_default=False)] = None,
+    token: Annotated[Optional[str], typer.Option(envvar="HOOKRELAY_TOKEN", help="The channel's token.", show_default=False)] = None,
+    group: Annotated[str, typer.Option(envvar="HOOKRELAY_GROUP", help="Consumer group; listeners in one group share the events.")] = "default",
+    concurrency: Annotated[int, typer.Option(envvar="HOOKRELAY_CONCURRENCY", min=1, max=256, help="Deliveries in flight; 1 keeps the channel's order.")] = 1,
+    max_attempts: Annotated[int, typer.Option(envvar="HOOKRELAY_MAX_ATTEMPTS", min=1, help="Attempts per event before it is marked failed.")] = 10,
+    timeout: Annotated[str, typer.Option(envvar="HOOKRELAY_TIMEOUT", help="Time the target has to answer one attempt (30s, 2m).")] = "30s",
+    host_header: Annotated[Optional[str], typer.Option(envvar="HOOKRELAY_HOST_HEADER", help="Host header to send instead of the target's host:port.", show_default=False)] = None,
+    admin_token: AdminTokenOption = None,
+    as_json: JsonOption = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log connection and retry details.")] = False,
+) -> None:
+    """Forward a channel's webhooks to a local server and acknowledge each one after it answered."""
+    _configure_logging("INFO" if verbose else "WARNING")
+    target = parse_target(forward)
+    book = ChannelBook()
+    saved, created = asyncio.run(resolve_channel(relay, channel, token, admin_token, book))
+    if created:
+        stderr.print(Text(f"created channel {saved.channel}; it is remembered for next time", style="green"))
+    config = ListenerConfig(
+        relay=relay.rstrip("/"),
+        channel=saved.channel,
+        token=saved.token,
+        group=group,
+        target=target,
+        host_header=host_header,
+        timeout=parse_duration(timeout, "--timeout"),
+        concurrency=concurrency,
+        retry=RetryPolicy(max_attempts=max_attempts),
+        window=max(16, concurrency * 2),
+    )
+    console = ListenerConsole(stderr, target, json_out=sys.stdout if as_json else None, public_url=saved.url)
+    stopped_by = run_until_stopped(lambda stop: run_listener(config, console, stop))
+    if stopped_by == signal.SIGINT:
+        raise typer.Exit(ExitStatus.INTERRUPTED)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(envvar="HOOKRELAY_HOST", help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="HOOKRELAY_PORT", min=0, max=65535, help="Port to listen on; 0 picks a free one.")] = 8787,
+    data_dir: Annotated[Path, typer.Option(envvar="HOOKRELAY_DATA_DIR", help="Folder for the SQLite database.")] = Path(platformdirs.user_data_dir("hookrelay")),
+    public_url: Annotated[Optional[str], typer.Option(envvar="HOOKRELAY_PUBLIC_URL", help="Base URL senders use, when the relay sits behind a proxy.", show_default=False)] = None,
+    max_body: Annotated[str, typer.Option(envvar="HOOKRELAY_MAX_BODY", help="Largest accepted body (bytes, or 25MiB).")] = "25MiB",
+    sync: Annotated[str, typer.Option(envvar="HOOKRELAY_SYNC", help="normal: survives a relay crash; full: also survives power loss, slower.")] = "normal",
+    retention_age: Annotated[str, typer.Option(envvar="HOOKRELAY_RETENTION_AGE", help="Events older than this are deleted (7d, 12h).")] = "7d",
+    retention_events: Annotated[int, typer.Option(envvar="HOOKRELAY_RETENTION_EVENTS", min=1, help="Events kept per channel; ingest answers 429 when all are unacknowledged.")] = 100_000,
+    admin_token: AdminTokenOption = None,
+    window: Annotated[int, typer.Option(envvar="HOOKRELAY_WINDOW", min=1, max=10_000, help="Most events in flight per listener.")] = 64,
+    heartbeat: Annotated[str, typer.Option(envvar="HOOKRELAY_HEARTBEAT", help="Ping interval for listener connections.")] = "10s",
+    log_level: Annotated[str, typer.Option(envvar="HOOKRELAY_LOG_LEVEL", help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run a relay: accept webhooks on channel URLs, store them, serve listeners."""
+    from relay_server.app import serve as serve_relay
+    from relay_server.config import ServerConfig
+    from relay_server.store.base import Retention
+
+    if sync.lower() not in ("normal", "full"):
+        raise UsageError("--sync", sync, "use normal or full")
+    _configure_logging(log_level)
+    config = ServerConfig(
+        host=host,
+        port=port,
+        public_url=public_url,
+        data_dir=data_dir,
+        synchronous=sync.upper(),
+        retention=Retention(max_events=retention_events, max_age=parse_duration(retention_age, "--retention-age")),
+        max_body=parse_size(max_body, "--max-body"),
+        window=window,
+        heartbeat=parse_duration(heartbeat, "--heartbeat"),
+        admin_token=admin_token,
+    )
+    if host not in ("127.0.0.1", "::1", "localhost") and admin_token is None:
+        logging.getLogger("hookrelay.server").warning(
+            "listening on %s without --admin-token: anyone who reaches the relay can create channels", host
+        )
+    asyncio.run(serve_relay(config))
+
+
+@channel_app.command("create")
+def channel_create(
+    relay: RelayOption = DEFAULT_RELAY,
+    admin_token: AdminTokenOption = None,
+    save: Annotated[bool, typer.Option("--save/--no-save", help="Remember the channel for 'hookrelay listen'.")] = True,
+    as_json: JsonOption = False,
+) -> None:
+    """Create a channel and print its public URL and token."""
+    created = asyncio.run(api_client.create_channel(relay, admin_token))
+    if save:
+        ChannelBook().save(SavedChannel(relay.rstrip("/"), created["channel"], created["token"], created["url"]))
+    if as_json:
+        print(json.dumps({"channel": created["channel"], "url": created["url"], "token": created["token"]}))
+        return
+    body = Text()
+    body.append("URL      ", style="bold")
+    body.append(created["url"] + "\n", style="cyan")
+    body.append(f"Channel  {created['channel']}\nToken    {created['token']}")
+    stderr.print(Panel(body, title="channel created", expand=False))
+
+
+@channel_app.command("list")
+def channel_list(as_json: JsonOption = False) -> None:
+    """List the channels remembered on this machine."""
+    book = ChannelBook().load()
+    rows = [(relay, item) for relay, items in book.items() for item in items]
+    if as_json:
+        print(json.dumps([{"relay": relay, "channel": s.channel, "url": s.url} for relay, s in rows]))
+        return
+    table = Table("relay", "channel", "url")
+    for relay, saved in rows:
+        table.add_row(relay, saved.channel, saved.url)
+    Console(soft_wrap=True).print(table)
+
+
+@channel_app.command("show")
+def channel_show(
+    channel: Annotated[str, typer.Option(envvar="HOOKRELAY_CHANNEL", help="Channel id.")],
+    relay: RelayOption = DEFAULT_RELAY,
+    token: Annotated[Optional[str], typer.Option(envvar="HOOKRELAY_TOKEN", help="The channel's token; default: the remembered one.", show_default=False)] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show a channel's URL, backlog and connected listeners."""
+    saved, _ = asyncio.run(resolve_channel(relay, channel, token, None, ChannelBook()))
+    info = asyncio.run(api_client.show_channel(relay, saved.channel, saved.token))
+    if as_json:
+        print(json.dumps(info))
+        return
+    for key in ("channel", "url", "backlog", "listeners"):
+        print(f"{key:<10} {info.get(key)}")
+
+
+@channel_app.command("rotate-token")
+def channel_rotate_token(
+    channel: Annotated[str, typer.Option(envvar="HOOKRELAY_CHANNEL", help="Channel id.")],
+    relay: RelayOption = DEFAULT_RELAY,
+    token: Annotated[Optional[str], typer.Option(envvar="HOOKRELAY_TOKEN", help="The current token; default: the remembered one.", show_default=False)] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Replace a channel's token; the old token stops working at once."""
+    book = ChannelBook()
+    saved, _ = asyncio.run(resolve_channel(relay, channel, token, None, book))
+    rotated = asyncio.run(api_client.rotate_token(relay, saved.channel, saved.token))
+    book.save(SavedChannel(saved.relay.rstrip("/") or relay.rstrip("/"), saved.channel, rotated["token"], saved.url))
+    if as_json:
+        print(json.dumps({"channel": saved.channel, "token": rotated["token"]}))
+    else:
+        print(rotated["token"])
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    print(__version__)
+
+
+def _exit_status(exc: ClientError) -> ExitStatus:
+    if isinstance(exc, Unauthorized):
+        return ExitStatus.UNAUTHORIZED
+    if isinstance(exc, UsageError):
+        return ExitStatus.USAGE
+    if isinstance(exc, RelayUnreachable):
+        return ExitStatus.UNREACHABLE
+    if isinstance(exc, RelayRejected):
+        return ExitStatus.ERROR
+    return ExitStatus.ERROR
+
+
+def main() -> None:
+    """Entry point of the ``hookrelay`` console script."""
+    command = typer.main.get_command(app)
+    try:
+        config = load_config_file()
+        status = command.main(prog_name="hookrelay", default_map=default_map(config), standalone_mode=False)
+    except ClientError as exc:
+        stderr.print(f"hookrelay: error: {exc}", markup=False, highlight=False)
+        sys.exit(_exit_status(exc))
+    except KeyboardInterrupt:
+        sys.exit(ExitStatus.INTERRUPTED)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except Exception as exc:  # noqa: BLE001 - click usage errors and the rest
+        _exit_on_click_error(exc)
+    sys.exit(status if isinstance(status, int) else ExitStatus.OK)
+
+
+def _exit_on_click_error(exc: Exception) -> None:
+    import click
+
+    if isinstance(exc, click.exceptions.Exit):
+        sys.exit(exc.exit_code)
+    if isinstance(exc, click.exceptions.Abort):
+        sys.exit(ExitStatus.INTERRUPTED)
+    if isinstance(exc, click.ClickException):
+        exc.show(file=sys.stderr)
+        sys.exit(ExitStatus.USAGE)
+    raise exc
+
+
+if __name__ == "__main__":
+    main()

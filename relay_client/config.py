@@ -1,0 +1,115 @@
+"""The listener's configuration and the forward target.
+
+``ListenerConfig`` is built once by the CLI from options, ``HOOKRELAY_*``
+environment variables and the config file, then handed to the connection
+and the forwarder, which never read the environment themselves.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+from relay_client.errors import UsageError
+from relay_client.retry import Backoff, RetryPolicy
+
+DEFAULT_RELAY = "http://127.0.0.1:8787"
+MIB = 1024 * 1024
+
+_HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>\d{1,5})(?P<path>/.*)?$")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where the listener forwards: an origin and a base path.
+
+    The origin is fixed at start-up; nothing in an event can change the host
+    the listener connects to.
+    """
+
+    scheme: str
+    host: str
+    port: int
+    base_path: str = ""
+
+    @property
+    def authority(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        return self.host if self.port == default else f"{self.host}:{self.port}"
+
+    @property
+    def origin(self) -> str:
+        return f"{self.scheme}://{self.authority}"
+
+    def url_for(self, tail: str) -> str:
+        """Join the base path and an event's raw tail (``/a?b``, ``?b`` or empty)."""
+        path = self.base_path.rstrip("/") + tail if tail.startswith("/") else (self.base_path or "/") + tail
+        return self.origin + path
+
+    def redacted(self) -> str:
+        return self.origin + (self.base_path or "")
+
+    def __str__(self) -> str:
+        return self.redacted()
+
+
+def parse_target(value: str) -> Target:
+    """Parse ``8000``, ``localhost:8000``, ``localhost:8000/hooks`` or a full URL."""
+    text = value.strip()
+    if text.isdigit():
+        return Target("http", "localhost", _port(text, value))
+    match = _HOST_PORT.match(text)
+    if match:
+        return Target("http", match["host"], _port(match["port"], value), match["path"] or "")
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError("--forward", value, "use a port (8000), host:port (localhost:8000) or a URL (http://localhost:8000/hooks)")
+    if parts.username or parts.password:
+        raise UsageError("--forward", parts.hostname, "credentials in the target URL are not supported")
+    if parts.query or parts.fragment:
+        raise UsageError("--forward", value, "the target URL takes no query or fragment; events bring their own query")
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return Target(parts.scheme, host, port, parts.path)
+
+
+def _port(text: str, value: str) -> int:
+    port = int(text)
+    if not 0 < port < 65536:
+        raise UsageError("--forward", value, "the port must be between 1 and 65535")
+    return port
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    """Everything ``hookrelay listen`` needs, grouped by concern."""
+
+    # Relay and channel.
+    relay: str
+    channel: str
+    token: str
+    group: str = "default"
+
+    # Target and forwarding.
+    target: Target = field(default_factory=lambda: Target("http", "localhost", 8000))
+    host_header: str | None = None
+    timeout: float = 30.0
+    concurrency: int = 1
+    retry: RetryPolicy = RetryPolicy()
+
+    # Connection: the listener pings every ``ping_interval`` seconds and
+    # declares the link dead after ``ping_timeout`` more without a pong.
+    window: int = 64
+    ping_interval: float = 10.0
+    ping_timeout: float = 10.0
+    reconnect: Backoff = Backoff(base=0.5, cap=30.0)
+    max_message: int = 64 * MIB
+
+    # Shutdown: time granted to deliveries in progress on Ctrl-C.
+    shutdown_grace: float = 5.0
+
+    def listen_url(self) -> str:
+        parts = urlsplit(self.relay.rstrip("/"))
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        return f"{scheme}://{parts.netloc}{parts.path}/api/channels/{self.channel}/listen?group={self.group}&window={self.window}"

@@ -1,0 +1,235 @@
+"""The listener's connection to the relay: receive events, forward, ack, reconnect.
+
+One websocket carries everything. A reader task takes every frame off the
+socket as soon as it arrives, so keepalive pings are answered even while the
+target is slow; the relay's in-flight window bounds what can pile up.
+Workers forward events in arrival order (one worker keeps the channel's
+order, ``concurrency`` workers trade order for speed) and each result is
+acknowledged on the connection that is open when it finishes.
+
+Across reconnects the listener remembers deliveries it started: when the
+relay redelivers an event whose delivery is still running or already
+finished here, the listener waits for that result or reuses it instead of
+forwarding the event a second time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from typing import Protocol
+
+import websockets
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from relay_client import __version__
+from relay_client.config import ListenerConfig
+from relay_client.errors import RelayRejected, RelayUnreachable, Unauthorized
+from relay_client.forwarder import Forwarder
+from relay_server.protocol import DeliveryResult, Event, ProtocolError, Welcome, decode_event, decode_text, encode_ack
+
+logger = logging.getLogger("hookrelay.client")
+
+# Finished results kept to answer redeliveries without a second forward.
+REMEMBERED_RESULTS = 4096
+
+
+class ListenerEvents(Protocol):
+    """What the listener reports to whoever renders it (the console, a test)."""
+
+    def connected(self, welcome: Welcome) -> None: ...
+
+    def disconnected(self, reason: str, retry_in: float) -> None: ...
+
+    def finished(self, event: Event, result: DeliveryResult) -> None: ...
+
+
+class Listener:
+    """Keeps one websocket to the relay open and drives deliveries over it."""
+
+    def __init__(self, config: ListenerConfig, forwarder: Forwarder, events: ListenerEvents) -> None:
+        self.config = config
+        self.forwarder = forwarder
+        self.events = events
+        self._running: dict[str, asyncio.Task[DeliveryResult]] = {}
+        self._finished: OrderedDict[str, DeliveryResult] = OrderedDict()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Connect, serve and reconnect with backoff until ``stop`` is set.
+
+        Raises :class:`Unauthorized` or :class:`RelayRejected` when the relay
+        refuses the channel, because retrying cannot fix that.
+        """
+        failures = 0
+        while not stop.is_set():
+            try:
+                await self._serve_once(stop)
+                failures = 0
+                reason = "the relay closed the connection"
+            except (RelayUnreachable, ConnectionClosed, ProtocolError, OSError) as exc:
+                reason = str(exc) or type(exc).__name__
+            if stop.is_set():
+                break
+            failures += 1
+            delay = self.config.reconnect.delay(failures)
+            logger.warning("connection lost channel=%s: %s; reconnecting in %.1f s", self.config.channel, reason, delay)
+            self.events.disconnected(reason, delay)
+            await _sleep_unless(stop, delay)
+        await self._finish_running()
+
+    async def _serve_once(self, stop: asyncio.Event) -> None:
+        try:
+            ws = await self._connect()
+        except Exception as exc:
+            raise convert_handshake_error(exc, self.config.relay, self.config.channel) from exc
+        async with ws:
+            welcome = await self._read_welcome(ws)
+            logger.info("connected channel=%s group=%s consumer=%s backlog=%d", welcome.channel, welcome.group, welcome.consumer, welcome.backlog)
+            self.events.connected(welcome)
+            await self._pump(ws, stop)
+
+    def _connect(self) -> websockets.connect:
+        return websockets.connect(
+            self.config.listen_url(),
+            additional_headers={"Authorization": f"Bearer {self.config.token}"},
+            user_agent_header=f"hookrelay/{__version__}",
+            max_size=self.config.max_message,
+            # Read without limit: the relay's window bounds the frames in flight.
+            max_queue=None,
+            ping_interval=self.config.ping_interval,
+            ping_timeout=self.config.ping_timeout,
+            # On a silent link no close frame comes back; waiting long for it
+            # would only delay the reconnect.
+            close_timeout=2,
+            open_timeout=15,
+        )
+
+    async def _read_welcome(self, ws: websockets.ClientConnection) -> Welcome:
+        try:
+            frame = await asyncio.wait_for(ws.recv(), timeout=15)
+        except asyncio.TimeoutError:
+            raise RelayUnreachable(self.config.relay, "no welcome frame within 15 s") from None
+        if not isinstance(frame, str):
+            raise ProtocolError("expected a welcome text frame, got a binary frame")
+        message = decode_text(frame)
+        if message["type"] == "error":
+            raise ProtocolError(f"relay error before welcome: {message.get('message')}")
+        if message["type"] != "welcome":
+            raise ProtocolError(f"expected a welcome frame, got {message['type']!r}")
+        return message["welcome"]
+
+    async def _pump(self, ws: websockets.ClientConnection, stop: asyncio.Event) -> None:
+        """Run reader, workers and acker until the connection or ``stop`` ends them."""
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        acks: asyncio.Queue[DeliveryResult] = asyncio.Queue()
+        tasks = [asyncio.create_task(self._read_frames(ws, queue), name="hookrelay-reader")]
+        tasks += [asyncio.create_task(self._work(queue, acks), name=f"hookrelay-worker-{i}") for i in range(self.config.concurrency)]
+        tasks.append(asyncio.create_task(self._send_acks(ws, acks), name="hookrelay-acker"))
+        stopper = asyncio.create_task(stop.wait(), name="hookrelay-stop")
+        try:
+            done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+            if stopper in done:
+                await self._drain_on_stop(queue, acks, ws)
+        finally:
+            for task in [*tasks, stopper]:
+                task.cancel()
+            await asyncio.gather(*tasks, stopper, return_exceptions=True)
+        for task in done:
+            if task is not stopper and task.exception() is not None:
+                raise task.exception()
+
+    async def _read_frames(self, ws: websockets.ClientConnection, queue: asyncio.Queue[Event]) -> None:
+        async for frame in ws:
+            if isinstance(frame, bytes):
+                queue.put_nowait(decode_event(frame))
+                continue
+            message = decode_text(frame)
+            if message["type"] == "error":
+                logger.error("relay reported an error: %s", message.get("message"))
+
+    async def _work(self, queue: asyncio.Queue[Event], acks: asyncio.Queue[DeliveryResult]) -> None:
+        while True:
+            event = await queue.get()
+            result = await self._result_for(event)
+            acks.put_nowait(result)
+
+    async def _result_for(self, event: Event) -> DeliveryResult:
+        """Forward ``event`` once, or reuse a delivery of it that is running or finished."""
+        if event.id in self._finished:
+            logger.info("redelivery answered from memory event_id=%s", event.id)
+            return self._finished[event.id]
+        task = self._running.get(event.id)
+        if task is None:
+            task = asyncio.create_task(self._deliver(event), name=f"deliver-{event.id}")
+            self._running[event.id] = task
+        # A worker cancelled by a disconnect leaves the delivery running; its
+        # result answers the redelivery after the reconnect.
+        return await asyncio.shield(task)
+
+    async def _deliver(self, event: Event) -> DeliveryResult:
+        try:
+            result = await self.forwarder.deliver(event)
+        finally:
+            self._running.pop(event.id, None)
+        self._finished[event.id] = result
+        if len(self._finished) > REMEMBERED_RESULTS:
+            self._finished.popitem(last=False)
+        self.events.finished(event, result)
+        return result
+
+    async def _send_acks(self, ws: websockets.ClientConnection, acks: asyncio.Queue[DeliveryResult]) -> None:
+        """Send results as they finish, batching those that finish together."""
+        while True:
+            batch = [await acks.get()]
+            while not acks.empty():
+                batch.append(acks.get_nowait())
+            await ws.send(encode_ack(batch))
+
+    async def _drain_on_stop(self, queue: asyncio.Queue[Event], acks: asyncio.Queue[DeliveryResult], ws: websockets.ClientConnection) -> None:
+        """On stop, let running deliveries finish within the grace period and ack them."""
+        running = list(self._running.values())
+        if running:
+            logger.info("stopping: waiting up to %.0f s for %d deliveries", self.config.shutdown_grace, len(running))
+            await asyncio.wait(running, timeout=self.config.shutdown_grace)
+        await asyncio.sleep(0)
+        batch = []
+        while not acks.empty():
+            batch.append(acks.get_nowait())
+        if batch:
+            try:
+                await ws.send(encode_ack(batch))
+            except ConnectionClosed:
+                pass
+        await ws.close(code=1001, reason="listener stopping")
+
+    async def _finish_running(self) -> None:
+        for task in list(self._running.values()):
+            task.cancel()
+        if self._running:
+            await asyncio.gather(*self._running.values(), return_exceptions=True)
+
+
+def convert_handshake_error(exc: Exception, relay: str, channel: str) -> Exception:
+    """Turn a websockets handshake failure into the listener's own exception."""
+    if isinstance(exc, InvalidStatus):
+        status = exc.response.status_code
+        if status == 401:
+            return Unauthorized(relay, channel)
+        if status in (400, 403, 404):
+            body = exc.response.body.decode("utf-8", "replace")[:200] if exc.response.body else ""
+            return RelayRejected(relay, status, body or "the relay refused the connection")
+        return RelayUnreachable(relay, f"HTTP {status} during the websocket handshake")
+    if isinstance(exc, InvalidHandshake):
+        return RelayUnreachable(relay, f"websocket handshake failed: {exc}")
+    if isinstance(exc, (OSError, asyncio.TimeoutError)):
+        return RelayUnreachable(relay, str(exc) or type(exc).__name__)
+    return exc
+
+
+async def _sleep_unless(stop: asyncio.Event, delay: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=delay)
+    except asyncio.TimeoutError:
+        pass
+

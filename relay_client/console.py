@@ -1,0 +1,146 @@
+"""What a person sees while ``hookrelay listen`` runs.
+
+Human output goes to a Rich console on stderr: a start-up panel with the
+public URL, one line per delivery, retries and reconnects. ``--json`` writes
+one JSON object per finished delivery to stdout for scripts. Text that comes
+from a webhook (path, event type, errors quoting it) is printed through
+:func:`printable`, never as Rich markup, so a sender cannot inject control
+sequences or markup into the terminal.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import unicodedata
+from datetime import datetime, timezone
+from typing import TextIO
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.text import Text
+
+from relay_client.config import Target
+from relay_client.forwarder import Attempt
+from relay_server.protocol import DeliveryResult, Event, Welcome
+
+
+def printable(text: str) -> str:
+    """Escape control and format characters so a terminal shows them as text."""
+    return "".join(_escape(char) if unicodedata.category(char) in ("Cc", "Cf") else char for char in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def display_target(event: Event) -> str:
+    return printable(event.target.decode("utf-8", "backslashreplace") or "/")
+
+
+class ListenerConsole:
+    """Renders listener events: Rich lines on stderr, JSON lines on stdout."""
+
+    def __init__(self, console: Console, target: Target, *, json_out: TextIO | None = None, public_url: str = "") -> None:
+        self.console = console
+        self.target = target
+        self.json_out = json_out
+        self.public_url = public_url
+        self.group = ""
+        self._connections = 0
+        self._draining = 0
+        self._drained = 0
+
+    def connected(self, welcome: Welcome) -> None:
+        self._connections += 1
+        self.group = welcome.group
+        url = str(welcome.extra.get("url") or self.public_url)
+        if self._connections == 1:
+            self._print_banner(welcome, url)
+        else:
+            self.console.print(Text(f"reconnected to the relay (channel {welcome.channel})", style="green"))
+        if welcome.backlog:
+            self._draining, self._drained = welcome.backlog, 0
+            self.console.print(Text(f"draining {welcome.backlog} held events", style="yellow"))
+
+    def _print_banner(self, welcome: Welcome, url: str) -> None:
+        body = Text()
+        body.append("Public URL  ", style="bold")
+        body.append(url + "\n", style="bold cyan")
+        body.append(f"Forwarding  {self.target.redacted()}\n")
+        body.append(f"Channel     {welcome.channel}   group {welcome.group}")
+        self.console.print(Panel(body, title="hookrelay listening", expand=False))
+
+    def disconnected(self, reason: str, retry_in: float) -> None:
+        self.console.print(Text(f"connection lost: {printable(reason)}; reconnecting in {retry_in:.1f} s", style="yellow"))
+
+    def attempt(self, attempt: Attempt) -> None:
+        if attempt.final:
+            return
+        line = Text(f"{_clock()} ", style="dim")
+        line.append(f"{attempt.event.method} {display_target(attempt.event)} ")
+        line.append(f"attempt {attempt.attempt} failed: {printable(attempt.error or '')}; ", style="red")
+        line.append(f"retry in {attempt.retry_in:.1f} s", style="dim")
+        self.console.print(line)
+
+    def finished(self, event: Event, result: DeliveryResult) -> None:
+        self.console.print(self._delivery_line(event, result))
+        if self._draining:
+            self._drained += 1
+            if self._drained >= self._draining or self._drained % 100 == 0:
+                self.console.print(Text(f"drained {self._drained} of {self._draining} held events", style="yellow"))
+            if self._drained >= self._draining:
+                self._draining = 0
+        if self.json_out is not None:
+            self.json_out.write(json.dumps(delivery_record(event, result, self.target, self.group)) + "\n")
+            self.json_out.flush()
+
+    def _delivery_line(self, event: Event, result: DeliveryResult) -> Text:
+        line = Text(f"{_clock()} ", style="dim")
+        line.append(f"{event.method:<6} ", style="bold")
+        line.append(display_target(event))
+        if event.event_type:
+            line.append(f" {printable(event.event_type)}", style="magenta")
+        status = str(result.status) if result.status is not None else "---"
+        line.append(f"  {status}", style=_status_style(result))
+        line.append(f"  {result.duration_ms:.0f} ms", style="dim")
+        if result.attempts > 1:
+            line.append(f"  attempt {result.attempts}", style="yellow")
+        if result.outcome == "failed":
+            line.append(f"  failed: {printable(result.error or '')}", style="red")
+        return line
+
+
+def delivery_record(event: Event, result: DeliveryResult, target: Target, group: str) -> dict[str, object]:
+    """The ``--json`` object for one finished delivery."""
+    return {
+        "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        "event_id": event.id,
+        "channel": event.channel,
+        "group": group,
+        "method": event.method,
+        "path": event.target.decode("utf-8", "backslashreplace") or "/",
+        "event_type": event.event_type,
+        "outcome": result.outcome,
+        "status": result.status,
+        "attempt": result.attempts,
+        "duration_ms": round(result.duration_ms, 3),
+        "error": result.error,
+        "target": target.redacted(),
+        "body_bytes": len(event.body),
+    }
+
+
+def _status_style(result: DeliveryResult) -> str:
+    if result.status is None or result.status >= 500:
+        return "bold red"
+    if result.status >= 400:
+        return "red"
+    if result.status >= 300:
+        return "yellow"
+    return "green"
+
+
+def _clock() -> str:
+    return time.strftime("%H:%M:%S")

@@ -1,0 +1,207 @@
+"""Deliver one event to the local target, retrying under the retry policy.
+
+Fidelity rules (the relay is invisible to the receiver):
+
+* the body goes out byte for byte, the method and the raw path tail and
+  query unchanged (the URL is passed as already encoded);
+* every end-to-end header keeps its value, order, spelling and repeats;
+  hop-by-hop headers (RFC 9110 §7.6.1, plus the names listed in
+  ``Connection``) and ``Host`` are replaced;
+* the HTTP client adds nothing of its own: no ``User-Agent``, ``Accept``,
+  ``Accept-Encoding`` or ``Content-Type`` the sender did not send;
+* ``X-Forwarded-For`` gets the sender's address appended, ``X-Forwarded-Host``
+  and ``X-Forwarded-Proto`` are added when the sender did not send them, and
+  ``X-Hookrelay-Event-Id`` carries the stable event id for de-duplication.
+
+Redirects are never followed: a 3xx is the target's answer.
+
+The forwarder knows nothing of the CLI: it reports every attempt through the
+``on_attempt`` callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+from yarl import URL
+
+from relay_client.config import ListenerConfig
+from relay_client.retry import is_retryable_status, parse_retry_after
+from relay_server.protocol import DeliveryResult, Event
+
+logger = logging.getLogger("hookrelay.client.forwarder")
+
+HOP_BY_HOP = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade", b"host"}
+)
+EVENT_ID_HEADER = "X-Hookrelay-Event-Id"
+ATTEMPT_HEADER = "X-Hookrelay-Attempt"
+_SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+# A target's answer is read for its status; its body matters only up to here.
+_MAX_RESPONSE_BODY = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One try at delivering an event, as reported to the console."""
+
+    event: Event
+    attempt: int
+    status: int | None
+    duration_ms: float
+    error: str | None
+    final: bool
+    outcome: str
+    retry_in: float | None = None
+
+
+def forward_headers(event: Event, target_authority: str, host_header: str | None = None) -> list[tuple[str, str]]:
+    """Build the header list sent to the target from the event's stored headers."""
+    connection_tokens = _connection_tokens(event.headers)
+    headers: list[tuple[str, str]] = []
+    sender_host = None
+    present: set[bytes] = set()
+    for raw_name, raw_value in event.headers:
+        lowered = raw_name.lower()
+        if lowered == b"host":
+            sender_host = raw_value
+        if lowered in HOP_BY_HOP or lowered in connection_tokens:
+            continue
+        if lowered == b"content-length" and raw_value.strip() != str(len(event.body)).encode():
+            continue
+        present.add(lowered)
+        headers.append((raw_name.decode("latin-1"), _header_text(raw_value)))
+
+    headers.insert(0, ("Host", host_header or target_authority))
+    _add_forwarded(headers, present, event, sender_host)
+    headers.append((EVENT_ID_HEADER, event.id))
+    return headers
+
+
+def _connection_tokens(headers: tuple[tuple[bytes, bytes], ...]) -> set[bytes]:
+    tokens: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            tokens.update(token.strip().lower() for token in value.split(b",") if token.strip())
+    return tokens
+
+
+def _add_forwarded(headers: list[tuple[str, str]], present: set[bytes], event: Event, sender_host: bytes | None) -> None:
+    if event.remote:
+        for index, (name, value) in enumerate(headers):
+            if name.lower() == "x-forwarded-for":
+                headers[index] = (name, f"{value}, {event.remote}")
+                break
+        else:
+            headers.append(("X-Forwarded-For", event.remote))
+    if b"x-forwarded-host" not in present and sender_host:
+        headers.append(("X-Forwarded-Host", _header_text(sender_host)))
+    if b"x-forwarded-proto" not in present:
+        headers.append(("X-Forwarded-Proto", event.scheme))
+
+
+def _header_text(value: bytes) -> str:
+    # aiohttp encodes header values as UTF-8, so decoding them as UTF-8 sends
+    # the same bytes back out.
+    # TODO: values with bytes that are not valid UTF-8 (obs-text) are sent
+    # with U+FFFD in place of those bytes; keeping them needs a request
+    # writer that takes bytes.
+    return value.decode("utf-8", "replace")
+
+
+class Forwarder:
+    """Sends events to one target over a keep-alive connection pool."""
+
+    def __init__(
+        self,
+        config: ListenerConfig,
+        *,
+        session: aiohttp.ClientSession | None = None,
+        on_attempt: Callable[[Attempt], None] = lambda attempt: None,
+        sleep: Callable[[float], object] = asyncio.sleep,
+    ) -> None:
+        self.config = config
+        self._session = session
+        self._owns_session = session is None
+        self._on_attempt = on_attempt
+        self._sleep = sleep
+
+    async def __aenter__(self) -> Forwarder:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=max(8, self.config.concurrency * 2), enable_cleanup_closed=True)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                skip_auto_headers=_SKIP_AUTO_HEADERS,
+                auto_decompress=False,
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout),
+            )
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+
+    async def deliver(self, event: Event) -> DeliveryResult:
+        """Try ``event`` until the target answers, the policy gives up, or it is cancelled."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            status, error, retry_after, duration_ms = await self._attempt(event, attempt)
+            retryable = status is None or is_retryable_status(status)
+            final = not retryable or not self.config.retry.should_retry(attempt)
+            outcome = "failed" if retryable else "delivered"
+            delay = None if final else self.config.retry.backoff.delay(attempt, retry_after)
+            self._on_attempt(Attempt(event, attempt, status, duration_ms, error, final, outcome, delay))
+            if final:
+                total_ms = (time.monotonic() - started) * 1000
+                return DeliveryResult(event.id, outcome, status, attempt, total_ms, error)
+            logger.info(
+                "delivery retry scheduled event_id=%s channel=%s target=%s attempt=%d status=%s retry_in_s=%.2f",
+                event.id,
+                event.channel,
+                self.config.target.redacted(),
+                attempt,
+                status,
+                delay,
+            )
+            await self._sleep(delay)
+
+    async def _attempt(self, event: Event, attempt: int) -> tuple[int | None, str | None, float | None, float]:
+        """Send once; returns status (None without an answer), error, Retry-After and duration."""
+        assert self._session is not None, "use the forwarder as an async context manager"
+        headers = forward_headers(event, self.config.target.authority, self.config.host_header)
+        headers.append((ATTEMPT_HEADER, str(attempt)))
+        url = URL(self.config.target.url_for(event.target.decode("utf-8", "surrogateescape")), encoded=True)
+        # A GET or HEAD without a body must not gain a Content-Length: 0.
+        data = event.body if event.body or event.method not in ("GET", "HEAD", "OPTIONS", "DELETE") else None
+        started = time.monotonic()
+        try:
+            async with self._session.request(
+                event.method, url, headers=headers, data=data, allow_redirects=False, compress=None
+            ) as response:
+                await response.content.read(_MAX_RESPONSE_BODY)
+                retry_after = parse_retry_after(response.headers.get("Retry-After"))
+                error = None if response.status < 400 else f"HTTP {response.status}"
+                return response.status, error, retry_after, _elapsed_ms(started)
+        except asyncio.TimeoutError:
+            return None, f"timed out after {self.config.timeout:g} s", None, _elapsed_ms(started)
+        except aiohttp.ClientError as exc:
+            return None, _describe(exc), None, _elapsed_ms(started)
+
+
+def _elapsed_ms(started: float) -> float:
+    return (time.monotonic() - started) * 1000
+
+
+def _describe(exc: aiohttp.ClientError) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"connection failed: {exc.os_error.strerror or exc.os_error}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the target closed the connection without an answer"
+    return f"{type(exc).__name__}: {exc}"

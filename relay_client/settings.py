@@ -1,0 +1,122 @@
+"""The user's config file and the channels the CLI remembers.
+
+Precedence, highest first: command-line options, ``HOOKRELAY_*`` environment
+variables, the config file, built-in defaults. The config file is TOML at
+``<config dir>/config.toml``; top-level keys apply to every command that has
+an option of that name, and a table per command overrides them::
+
+    relay = "https://relay.example.com"
+
+    [listen]
+    forward = "localhost:3000"
+
+    [serve]
+    port = 8787
+
+Channels created by ``listen`` or ``channel create`` are remembered per
+relay in ``<config dir>/channels.json`` (mode 0600, because it holds tokens),
+so the public URL stays the same from run to run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from relay_client.errors import UsageError
+
+CONFIG_DIR_ENV = "HOOKRELAY_CONFIG_DIR"
+COMMANDS = ("listen", "serve", "channel")
+CHANNEL_SUBCOMMANDS = ("create", "list", "show", "rotate-token")
+
+
+def config_dir() -> Path:
+    override = os.environ.get(CONFIG_DIR_ENV)
+    return Path(override) if override else Path(platformdirs.user_config_dir("hookrelay"))
+
+
+def load_config_file(path: Path | None = None) -> dict[str, Any]:
+    path = path or config_dir() / "config.toml"
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError("config file", str(path), f"it is not valid TOML: {exc}") from None
+
+
+def default_map(config: dict[str, Any]) -> dict[str, Any]:
+    """Turn the config file into Click's ``default_map`` (option names use underscores)."""
+    shared = {_option(k): v for k, v in config.items() if not isinstance(v, dict)}
+    result: dict[str, Any] = {}
+    for command in ("listen", "serve"):
+        result[command] = shared | {_option(k): v for k, v in config.get(command, {}).items()}
+    channel = shared | {_option(k): v for k, v in config.get("channel", {}).items()}
+    result["channel"] = {sub: channel for sub in CHANNEL_SUBCOMMANDS}
+    return result
+
+
+def _option(key: str) -> str:
+    return key.replace("-", "_")
+
+
+@dataclass(frozen=True, slots=True)
+class SavedChannel:
+    relay: str
+    channel: str
+    token: str
+    url: str
+
+
+class ChannelBook:
+    """Channels this user created, keyed by relay URL, stored as JSON."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or config_dir() / "channels.json"
+
+    def load(self) -> dict[str, list[SavedChannel]]:
+        try:
+            raw = json.loads(self.path.read_text())
+        except FileNotFoundError:
+            return {}
+        except ValueError as exc:
+            raise UsageError("channel file", str(self.path), f"it is not valid JSON ({exc}); fix or delete it") from None
+        return {relay: [SavedChannel(relay=relay, **item) for item in items] for relay, items in raw.items()}
+
+    def default_for(self, relay: str) -> SavedChannel | None:
+        saved = self.load().get(_relay_key(relay), [])
+        return saved[0] if saved else None
+
+    def find(self, relay: str, channel: str) -> SavedChannel | None:
+        return next((item for item in self.load().get(_relay_key(relay), []) if item.channel == channel), None)
+
+    def save(self, saved: SavedChannel) -> None:
+        """Add or update ``saved``; the first channel of a relay is its default."""
+        book = self.load()
+        items = book.get(_relay_key(saved.relay), [])
+        if any(item.channel == saved.channel for item in items):
+            items = [saved if item.channel == saved.channel else item for item in items]
+        else:
+            items = items + [saved]
+        book[_relay_key(saved.relay)] = items
+        self._write(book)
+
+    def _write(self, book: dict[str, list[SavedChannel]]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = {relay: [{"channel": s.channel, "token": s.token, "url": s.url} for s in items] for relay, items in book.items()}
+        temporary = self.path.with_suffix(".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2)
+        os.replace(temporary, self.path)
+
+
+def _relay_key(relay: str) -> str:
+    return relay.rstrip("/")

@@ -1,0 +1,135 @@
+"""The relay's HTTP API: channels, the listener websocket and health.
+
+Reading a channel needs its token, sent as ``Authorization: Bearer <token>``
+(never in the URL, which ends up in logs). A wrong token and an unknown
+channel get the same 401, so an answer tells nothing about which channels
+exist. When the relay has an admin token, creating channels needs it.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import re
+import time
+
+from aiohttp import web
+
+from relay_server.ids import hash_token, new_channel_id, new_token, token_matches
+from relay_server.ingest import json_error
+from relay_server.session import ListenerSession
+from relay_server.state import RelayState
+from relay_server.store.base import DEFAULT_GROUP, ChannelRecord
+
+logger = logging.getLogger("hookrelay.server.api")
+
+_GROUP_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+# The relay's frames add a JSON header to each body; this leaves room for it.
+_FRAME_OVERHEAD = 1024 * 1024
+
+
+def bearer_token(request: web.Request) -> str | None:
+    scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None
+
+
+def unauthorized() -> web.Response:
+    return json_error(401, "unauthorized", "missing or invalid channel token", **{"WWW-Authenticate": "Bearer"})
+
+
+async def authorize_channel(request: web.Request) -> str | None:
+    """Return the channel id when the request carries its token, else None."""
+    state: RelayState = request.app["state"]
+    channel_id = request.match_info["channel"]
+    channel = await state.store.get_channel(channel_id)
+    if not token_matches(bearer_token(request), channel.token_hash if channel else None):
+        logger.info("unauthorized request channel=%s remote=%s", channel_id, request.remote)
+        return None
+    return channel_id
+
+
+async def create_channel(request: web.Request) -> web.Response:
+    state: RelayState = request.app["state"]
+    admin = state.config.admin_token
+    if admin is not None and not hmac.compare_digest((bearer_token(request) or "").encode(), admin.encode()):
+        return json_error(401, "unauthorized", "this relay needs its admin token to create channels")
+
+    token = new_token()
+    channel = ChannelRecord(id=new_channel_id(), token_hash=hash_token(token), created_at=time.time())
+    await state.store.create_channel(channel)
+    logger.info("channel created channel=%s remote=%s", channel.id, request.remote)
+    body = {"channel": channel.id, "url": state.ingest_url(channel.id), "token": token, "group": DEFAULT_GROUP}
+    return web.json_response(body, status=201)
+
+
+async def show_channel(request: web.Request) -> web.Response:
+    channel_id = await authorize_channel(request)
+    if channel_id is None:
+        return unauthorized()
+    state: RelayState = request.app["state"]
+    channel = await state.store.get_channel(channel_id)
+    assert channel is not None
+    body = {
+        "channel": channel_id,
+        "url": state.ingest_url(channel_id),
+        "created_at": channel.created_at,
+        "backlog": await state.store.backlog(channel_id, DEFAULT_GROUP),
+        "listeners": state.hub.listener_count(channel_id),
+    }
+    return web.json_response(body)
+
+
+async def rotate_token(request: web.Request) -> web.Response:
+    channel_id = await authorize_channel(request)
+    if channel_id is None:
+        return unauthorized()
+    state: RelayState = request.app["state"]
+    token = new_token()
+    await state.store.set_token_hash(channel_id, hash_token(token))
+    logger.info("channel token rotated channel=%s", channel_id)
+    return web.json_response({"channel": channel_id, "token": token})
+
+
+async def listen(request: web.Request) -> web.StreamResponse:
+    channel_id = await authorize_channel(request)
+    if channel_id is None:
+        return unauthorized()
+    group = request.query.get("group", DEFAULT_GROUP)
+    if not _GROUP_NAME.match(group):
+        return json_error(400, "invalid_group", "group names use 1-64 letters, digits and _ . : -")
+
+    state: RelayState = request.app["state"]
+    window = _window(request, state.config.window)
+    ws = web.WebSocketResponse(
+        heartbeat=state.config.heartbeat,
+        max_msg_size=state.config.max_body + _FRAME_OVERHEAD,
+        autoping=True,
+    )
+    await ws.prepare(request)
+    state.sessions.add(ws)
+    try:
+        await ListenerSession(state, ws, channel_id, group, window).run()
+    finally:
+        state.sessions.discard(ws)
+    return ws
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def _window(request: web.Request, ceiling: int) -> int:
+    """Use the listener's requested window, capped by the relay's."""
+    try:
+        requested = int(request.query.get("window", ceiling))
+    except ValueError:
+        return ceiling
+    return max(1, min(requested, ceiling))
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/channels", create_channel)
+    app.router.add_get("/api/channels/{channel}", show_channel)
+    app.router.add_post("/api/channels/{channel}/rotate-token", rotate_token)
+    app.router.add_get("/api/channels/{channel}/listen", listen)
+    app.router.add_get("/healthz", health)

@@ -1,0 +1,55 @@
+"""Exceptions of the relay server.
+
+Tree::
+
+    RelayError
+    ├── StoreError            storage failed or is unreachable
+    │   └── ChannelFull       retention leaves no room for another event
+    └── ConfigError           a server option has an invalid value
+
+Each exception keeps the values involved as fields and builds its text in
+``__str__`` as a fragment a caller can embed in a longer message.
+"""
+
+from __future__ import annotations
+
+
+class RelayError(Exception):
+    """Root of the relay server's exceptions."""
+
+
+class StoreError(RelayError):
+    """A store operation failed; ``operation`` names it."""
+
+    def __init__(self, operation: str, reason: str) -> None:
+        super().__init__(operation, reason)
+        self.operation = operation
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"store {self.operation} failed: {self.reason}"
+
+
+class ChannelFull(StoreError):
+    """The channel holds ``limit`` events that some group has not acknowledged."""
+
+    def __init__(self, channel: str, limit: int) -> None:
+        super().__init__("append", f"channel {channel} holds {limit} unacknowledged events")
+        self.channel = channel
+        self.limit = limit
+
+    def __str__(self) -> str:
+        return f"channel {self.channel} is full: it holds {self.limit} events not yet acknowledged"
+
+
+class ConfigError(RelayError):
+    """A server option has an invalid value."""
+
+    def __init__(self, option: str, value: object, hint: str) -> None:
+        super().__init__(option, value, hint)
+        self.option = option
+        self.value = value
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"invalid {self.option} {self.value!r}: {self.hint}"

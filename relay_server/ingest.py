@@ -1,0 +1,109 @@
+"""Ingest: accept any request on a channel URL and store it unchanged.
+
+The request is kept exactly as it arrived: the method, the raw request target
+below the channel (path tail and query, never decoded), the header list as
+bytes with order, spelling and repeats, and the body bytes. Gzip bodies stay
+compressed because the app runs with ``auto_decompress=False``.
+
+The sender gets ``202`` with the event id only after the store committed
+the event, so a crash right after the answer loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from relay_server.errors import ChannelFull, StoreError
+from relay_server.event_types import detect_event_type
+from relay_server.ids import new_event_id
+from relay_server.state import RelayState
+from relay_server.store.base import NewEvent
+
+logger = logging.getLogger("hookrelay.server.ingest")
+
+INGEST_PREFIX = "/h/"
+
+
+def json_error(status: int, code: str, message: str, **headers: str) -> web.Response:
+    """Build an error answer as JSON; the ingest URL never returns HTML."""
+    return web.json_response({"error": code, "message": message}, status=status, headers=headers or None)
+
+
+def split_target(raw_path: str) -> tuple[str, bytes]:
+    """Split ``/h/<channel><tail>`` into the channel id and the raw tail bytes.
+
+    The tail keeps the sender's bytes: ``/a%2Fb?x=1`` stays as written. aiohttp
+    decodes the request target as UTF-8 with surrogate escapes, which the
+    encode below reverses.
+    """
+    rest = raw_path[len(INGEST_PREFIX) :]
+    cut = len(rest)
+    for stop in ("/", "?"):
+        index = rest.find(stop)
+        if index != -1:
+            cut = min(cut, index)
+    return unquote(rest[:cut]), rest[cut:].encode("utf-8", "surrogateescape")
+
+
+async def read_body(request: web.Request, limit: int) -> bytes | None:
+    """Read the body, or return None as soon as it exceeds ``limit`` bytes."""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def handle_ingest(request: web.Request) -> web.StreamResponse:
+    state: RelayState = request.app["state"]
+    channel_id, tail = split_target(request.raw_path)
+    channel = await state.store.get_channel(channel_id)
+    if channel is None:
+        return json_error(404, "channel_not_found", "no channel at this URL; create one with 'hookrelay channel create'")
+
+    body = await read_body(request, state.config.max_body)
+    if body is None:
+        return _too_large(state.config.max_body)
+
+    event = NewEvent(
+        id=new_event_id(),
+        channel=channel_id,
+        method=request.method,
+        target=tail,
+        headers=tuple(request.raw_headers),
+        body=body,
+        received_at=time.time(),
+        remote=request.remote or "",
+        scheme=request.scheme,
+        event_type=detect_event_type(tuple(request.raw_headers), body),
+    )
+    try:
+        await state.store.append(event)
+    except ChannelFull as exc:
+        logger.warning("ingest rejected channel=%s event_id=%s: %s", channel_id, event.id, exc)
+        return json_error(429, "channel_full", f"{exc}; start a listener to drain it", **{"Retry-After": "60"})
+    except StoreError as exc:
+        logger.error("ingest failed channel=%s event_id=%s: %s", channel_id, event.id, exc)
+        return json_error(503, "store_unavailable", "the relay could not store the event; retry later", **{"Retry-After": "5"})
+
+    state.hub.notify(channel_id)
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug("event stored channel=%s event_id=%s method=%s bytes=%d", channel_id, event.id, event.method, len(body))
+    return web.json_response({"id": event.id}, status=202)
+
+
+def _too_large(limit: int) -> web.Response:
+    response = json_error(413, "body_too_large", f"the body exceeds the relay's limit of {limit} bytes")
+    # Close instead of reading the rest of an oversized body.
+    response.force_close()
+    return response

@@ -1,0 +1,301 @@
+"""Wire protocol between a relay and its listeners: one definition for both sides.
+
+This module does no I/O and imports nothing else of the project, so the
+relay's websocket session, the listener's connection and fast tests all use
+the same encoders and validators. ``docs/protocol.md`` describes the format
+for people; this module is the reference.
+
+Frames travel as websocket messages:
+
+* relay → listener, text: ``welcome`` (session parameters) and ``error``.
+* relay → listener, binary: ``event`` frames. A binary frame is the tag byte
+  ``E``, a 4-byte big-endian length of a JSON header, the header, then the
+  raw body. The body is never base64-encoded or re-encoded.
+* listener → relay, text: ``ack`` frames that carry the outcome of one or
+  more deliveries (delivered, failed, skipped) with the target's status.
+
+Header names and values, the request target and the remote address are
+carried as "byte strings in JSON": each byte maps to the code point of the
+same value (Latin-1), so bytes that are not valid UTF-8 survive the trip.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "PROTOCOL_VERSION",
+    "EVENT_TAG",
+    "ProtocolError",
+    "Event",
+    "DeliveryResult",
+    "Welcome",
+    "encode_event",
+    "decode_event",
+    "encode_welcome",
+    "encode_ack",
+    "encode_error",
+    "decode_text",
+    "bytes_to_wire",
+    "wire_to_bytes",
+]
+
+PROTOCOL_VERSION = 1
+EVENT_TAG = b"E"
+_LENGTH = struct.Struct(">I")
+
+# Outcomes a listener may report for an event it received.
+OUTCOMES = frozenset({"delivered", "failed", "skipped"})
+
+# Close codes used by both sides, in the 4000-4999 range that RFC 6455
+# leaves to applications.
+CLOSE_UNAUTHORIZED = 4401
+CLOSE_PROTOCOL_ERROR = 4400
+CLOSE_GOING_AWAY = 1001
+
+
+class ProtocolError(ValueError):
+    """A frame does not follow the wire protocol; the text says which part."""
+
+
+def bytes_to_wire(data: bytes) -> str:
+    """Map raw bytes to a JSON-safe string, one code point per byte."""
+    return data.decode("latin-1")
+
+
+def wire_to_bytes(text: str) -> bytes:
+    """Invert :func:`bytes_to_wire`; rejects code points above 255."""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError as exc:
+        raise ProtocolError(f"byte string holds a code point above 255 at {exc.start}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One stored webhook request as the relay hands it to a listener.
+
+    ``target`` is the raw request target below the channel URL: the path
+    tail and query exactly as the sender wrote them (``/a%2Fb?x=1``, or
+    empty). ``headers`` keeps order, spelling and repeated names.
+    """
+
+    id: str
+    channel: str
+    seq: int
+    method: str
+    target: bytes
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+    received_at: float
+    remote: str = ""
+    scheme: str = "http"
+    delivery_count: int = 1
+    event_type: str | None = None
+
+    def header(self, name: str) -> bytes | None:
+        """Return the first value of header ``name`` (case-insensitive), if any."""
+        wanted = name.lower().encode("latin-1")
+        for key, value in self.headers:
+            if key.lower() == wanted:
+                return value
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    """What a listener reports after it finished with one event."""
+
+    event_id: str
+    outcome: str
+    status: int | None = None
+    attempts: int = 1
+    duration_ms: float = 0.0
+    error: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "id": self.event_id,
+            "outcome": self.outcome,
+            "status": self.status,
+            "attempts": self.attempts,
+            "duration_ms": round(self.duration_ms, 3),
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_wire(cls, item: Any) -> DeliveryResult:
+        if not isinstance(item, dict):
+            raise ProtocolError("ack result must be an object")
+        event_id = _require(item, "id", str)
+        outcome = _require(item, "outcome", str)
+        if outcome not in OUTCOMES:
+            raise ProtocolError(f"ack outcome {outcome!r} is not one of {sorted(OUTCOMES)}")
+        status = item.get("status")
+        if status is not None and not isinstance(status, int):
+            raise ProtocolError("ack status must be an integer or null")
+        error = item.get("error")
+        if error is not None and not isinstance(error, str):
+            raise ProtocolError("ack error must be a string or null")
+        return cls(
+            event_id=event_id,
+            outcome=outcome,
+            status=status,
+            attempts=_optional_int(item, "attempts", 1),
+            duration_ms=float(item.get("duration_ms") or 0.0),
+            error=error,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Welcome:
+    """Session parameters the relay sends first on every listener connection."""
+
+    channel: str
+    group: str
+    consumer: str
+    window: int
+    max_body: int
+    backlog: int
+    heartbeat: float
+    version: int = PROTOCOL_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def encode_event(event: Event) -> bytes:
+    """Build the binary frame for ``event``: tag, header length, header, body."""
+    header = {
+        "id": event.id,
+        "channel": event.channel,
+        "seq": event.seq,
+        "method": event.method,
+        "target": bytes_to_wire(event.target),
+        "headers": [[bytes_to_wire(k), bytes_to_wire(v)] for k, v in event.headers],
+        "received_at": event.received_at,
+        "remote": event.remote,
+        "scheme": event.scheme,
+        "delivery_count": event.delivery_count,
+        "event_type": event.event_type,
+    }
+    head = json.dumps(header, separators=(",", ":")).encode()
+    return b"".join((EVENT_TAG, _LENGTH.pack(len(head)), head, event.body))
+
+
+def decode_event(frame: bytes) -> Event:
+    """Parse a binary event frame; raises :class:`ProtocolError` on any defect."""
+    view = memoryview(frame)
+    if len(view) < 5 or view[:1] != EVENT_TAG:
+        raise ProtocolError("binary frame does not start with the event tag")
+    (length,) = _LENGTH.unpack_from(view, 1)
+    if 5 + length > len(view):
+        raise ProtocolError(f"event header length {length} exceeds the frame")
+    try:
+        header = json.loads(bytes(view[5 : 5 + length]))
+    except ValueError as exc:
+        raise ProtocolError(f"event header is not valid JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("event header must be a JSON object")
+    return Event(
+        id=_require(header, "id", str),
+        channel=_require(header, "channel", str),
+        seq=_require(header, "seq", int),
+        method=_require(header, "method", str),
+        target=wire_to_bytes(_require(header, "target", str)),
+        headers=_decode_headers(header.get("headers")),
+        body=bytes(view[5 + length :]),
+        received_at=float(header.get("received_at") or 0.0),
+        remote=str(header.get("remote") or ""),
+        scheme=str(header.get("scheme") or "http"),
+        delivery_count=_optional_int(header, "delivery_count", 1),
+        event_type=header.get("event_type") if isinstance(header.get("event_type"), str) else None,
+    )
+
+
+def encode_welcome(welcome: Welcome) -> str:
+    body = {
+        "type": "welcome",
+        "version": welcome.version,
+        "channel": welcome.channel,
+        "group": welcome.group,
+        "consumer": welcome.consumer,
+        "window": welcome.window,
+        "max_body": welcome.max_body,
+        "backlog": welcome.backlog,
+        "heartbeat": welcome.heartbeat,
+        **welcome.extra,
+    }
+    return json.dumps(body, separators=(",", ":"))
+
+
+def encode_ack(results: list[DeliveryResult]) -> str:
+    """Build one ``ack`` frame for a batch of finished deliveries."""
+    return json.dumps({"type": "ack", "results": [r.to_wire() for r in results]}, separators=(",", ":"))
+
+
+def encode_error(code: str, message: str) -> str:
+    return json.dumps({"type": "error", "code": code, "message": message}, separators=(",", ":"))
+
+
+def decode_text(text: str) -> dict[str, Any]:
+    """Parse a text frame into a dict with a known ``type``; validates ack results."""
+    try:
+        message = json.loads(text)
+    except ValueError as exc:
+        raise ProtocolError(f"text frame is not valid JSON: {exc}") from None
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ProtocolError("text frame must be a JSON object with a string 'type'")
+    kind = message["type"]
+    if kind == "ack":
+        results = message.get("results")
+        if not isinstance(results, list) or not results:
+            raise ProtocolError("ack frame needs a non-empty 'results' list")
+        message["results"] = [DeliveryResult.from_wire(item) for item in results]
+    elif kind == "welcome":
+        message["welcome"] = _decode_welcome(message)
+    elif kind != "error":
+        raise ProtocolError(f"unknown frame type {kind!r}")
+    return message
+
+
+def _decode_welcome(message: dict[str, Any]) -> Welcome:
+    known = {"type", "version", "channel", "group", "consumer", "window", "max_body", "backlog", "heartbeat"}
+    return Welcome(
+        channel=_require(message, "channel", str),
+        group=_require(message, "group", str),
+        consumer=_require(message, "consumer", str),
+        window=_require(message, "window", int),
+        max_body=_require(message, "max_body", int),
+        backlog=_optional_int(message, "backlog", 0),
+        heartbeat=float(message.get("heartbeat") or 0.0),
+        version=_optional_int(message, "version", PROTOCOL_VERSION),
+        extra={k: v for k, v in message.items() if k not in known},
+    )
+
+
+def _decode_headers(raw: Any) -> tuple[tuple[bytes, bytes], ...]:
+    if not isinstance(raw, list):
+        raise ProtocolError("event headers must be a list of [name, value] pairs")
+    pairs = []
+    for item in raw:
+        if not (isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item)):
+            raise ProtocolError("each event header must be a [name, value] pair of strings")
+        pairs.append((wire_to_bytes(item[0]), wire_to_bytes(item[1])))
+    return tuple(pairs)
+
+
+def _require(source: dict[str, Any], key: str, kind: type) -> Any:
+    value = source.get(key)
+    # bool is an int subclass; a flag is never a valid count or id.
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ProtocolError(f"field {key!r} is missing or not a {kind.__name__}")
+    return value
+
+
+def _optional_int(source: dict[str, Any], key: str, default: int) -> int:
+    value = source.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ProtocolError(f"field {key!r} must be an integer")
+    return value

@@ -1,0 +1,138 @@
+"""One listener's websocket session: hand out events, take acknowledgements.
+
+A session is a consumer of one consumer group. It keeps at most ``window``
+events in flight (sent, not acknowledged), so a listener draining a large
+backlog receives a steady stream instead of the whole backlog at once. When
+the websocket closes for any reason, the events still in flight go back to
+the group and the next claim redelivers them with the same ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+
+from aiohttp import WSMsgType, web
+
+from relay_server.errors import StoreError
+from relay_server.protocol import (
+    CLOSE_PROTOCOL_ERROR,
+    ProtocolError,
+    Welcome,
+    decode_text,
+    encode_error,
+    encode_event,
+    encode_welcome,
+)
+from relay_server.state import RelayState
+
+logger = logging.getLogger("hookrelay.server.session")
+
+
+class ListenerSession:
+    """Moves events from the store to one websocket and acks back."""
+
+    def __init__(self, state: RelayState, ws: web.WebSocketResponse, channel: str, group: str, window: int) -> None:
+        self.state = state
+        self.ws = ws
+        self.channel = channel
+        self.group = group
+        self.window = window
+        self.consumer = f"{group}-{secrets.token_hex(6)}"
+        self.in_flight: set[str] = set()
+        self.wakeup = state.hub.subscribe(channel)
+
+    async def run(self) -> None:
+        """Serve the session until the websocket closes, then release what is in flight."""
+        logger.info("listener connected channel=%s group=%s consumer=%s", self.channel, self.group, self.consumer)
+        try:
+            await self._send_welcome()
+            pump = asyncio.create_task(self._pump(), name=f"pump-{self.consumer}")
+            try:
+                await self._receive()
+            finally:
+                pump.cancel()
+                await asyncio.gather(pump, return_exceptions=True)
+        finally:
+            await self._release()
+
+    async def _send_welcome(self) -> None:
+        backlog = await self.state.store.backlog(self.channel, self.group)
+        welcome = Welcome(
+            channel=self.channel,
+            group=self.group,
+            consumer=self.consumer,
+            window=self.window,
+            max_body=self.state.config.max_body,
+            backlog=backlog,
+            heartbeat=self.state.config.heartbeat,
+            extra={"url": self.state.ingest_url(self.channel)},
+        )
+        await self.ws.send_str(encode_welcome(welcome))
+
+    async def _pump(self) -> None:
+        """Claim and send events while the window has room; sleep until woken otherwise."""
+        while not self.ws.closed:
+            # Clear before claiming: a notify that lands during the claim
+            # must wake the next wait, not be lost.
+            self.wakeup.clear()
+            room = self.window - len(self.in_flight)
+            events = await self.state.store.claim(self.channel, self.group, self.consumer, room) if room > 0 else []
+            for event in events:
+                self.in_flight.add(event.id)
+                await self.ws.send_bytes(encode_event(event))
+            if not events:
+                await self.wakeup.wait()
+
+    async def _receive(self) -> None:
+        async for message in self.ws:
+            if message.type == WSMsgType.TEXT:
+                await self._handle_text(message.data)
+            elif message.type == WSMsgType.BINARY:
+                await self._protocol_error("listeners send text frames only")
+            elif message.type == WSMsgType.ERROR:
+                logger.warning("listener connection error consumer=%s: %s", self.consumer, self.ws.exception())
+
+    async def _handle_text(self, text: str) -> None:
+        try:
+            message = decode_text(text)
+        except ProtocolError as exc:
+            await self._protocol_error(str(exc))
+            return
+        if message["type"] != "ack":
+            return
+        results = message["results"]
+        try:
+            await self.state.store.ack(self.channel, self.group, results)
+        except StoreError as exc:
+            # The events stay pending and come back after a reconnect.
+            logger.error("ack not stored consumer=%s events=%d: %s", self.consumer, len(results), exc)
+            return
+        for result in results:
+            self.in_flight.discard(result.event_id)
+            logger.debug("event acked channel=%s event_id=%s outcome=%s", self.channel, result.event_id, result.outcome)
+        self.wakeup.set()
+
+    async def _protocol_error(self, reason: str) -> None:
+        logger.warning("protocol error consumer=%s: %s", self.consumer, reason)
+        await self.ws.send_str(encode_error("protocol_error", reason))
+        await self.ws.close(code=CLOSE_PROTOCOL_ERROR, message=b"protocol error")
+
+    async def _release(self) -> None:
+        self.state.hub.unsubscribe(self.channel, self.wakeup)
+        try:
+            released = await self.state.store.release(self.channel, self.group, self.consumer)
+        except StoreError as exc:
+            logger.error("release failed consumer=%s: %s", self.consumer, exc)
+            return
+        logger.info(
+            "listener disconnected channel=%s group=%s consumer=%s released=%d",
+            self.channel,
+            self.group,
+            self.consumer,
+            released,
+        )
+        if released:
+            # Another listener of the group may be waiting for work.
+            self.state.hub.notify(self.channel)

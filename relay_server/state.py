@@ -1,0 +1,31 @@
+"""What the relay's request handlers share: config, store, hub and live sessions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from relay_server.config import ServerConfig
+from relay_server.hub import Hub
+from relay_server.store.base import EventStore
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+
+@dataclass
+class RelayState:
+    """Shared by every handler of one relay process.
+
+    ``base_url`` is known only after the listening socket is bound, because
+    port 0 picks a free port.
+    """
+
+    config: ServerConfig
+    store: EventStore
+    hub: Hub = field(default_factory=Hub)
+    base_url: str = ""
+    sessions: set[web.WebSocketResponse] = field(default_factory=set)
+
+    def ingest_url(self, channel: str) -> str:
+        return f"{self.base_url}/h/{channel}"

@@ -1,0 +1,131 @@
+"""The storage interface every backend implements.
+
+A channel is an ordered log of events. Listeners read it through consumer
+groups: each group has a cursor (the last sequence number handed out) and a
+pending list of events sent to one of its consumers but not acknowledged.
+The model follows Redis Streams on purpose, so the SQLite and Redis backends
+share one contract and one test suite.
+
+Stores know nothing of HTTP or websockets. Every method that changes state
+returns only after the change is durable under the backend's durability
+setting.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+from relay_server.protocol import DeliveryResult, Event
+
+DEFAULT_GROUP = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelRecord:
+    """A channel as stored: its id, the hash of its token and its settings."""
+
+    id: str
+    token_hash: bytes
+    created_at: float
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """A webhook request accepted by ingest, before the store numbers it."""
+
+    id: str
+    channel: str
+    method: str
+    target: bytes
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+    received_at: float
+    remote: str = ""
+    scheme: str = "http"
+    event_type: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long and how many events a channel keeps.
+
+    ``max_events`` bounds the events a channel stores. Events every group has
+    acknowledged are pruned first to make room; when the channel is full of
+    events still waiting for a group, ingest is rejected instead of dropping
+    them. ``max_age`` (seconds) removes events whatever their state.
+    """
+
+    max_events: int = 100_000
+    max_age: float = 7 * 24 * 3600.0
+
+
+class EventStore(abc.ABC):
+    """Durable channels, event logs and consumer-group positions."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect or create the schema; redelivery state of dead consumers is released."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish pending writes and release resources; calling it twice is harmless."""
+
+    @abc.abstractmethod
+    async def create_channel(self, channel: ChannelRecord) -> None:
+        """Store a new channel and its ``default`` group, positioned at the start."""
+
+    @abc.abstractmethod
+    async def get_channel(self, channel_id: str) -> ChannelRecord | None:
+        """Return the channel or None when it does not exist."""
+
+    @abc.abstractmethod
+    async def set_token_hash(self, channel_id: str, token_hash: bytes) -> None:
+        """Replace a channel's token hash, which invalidates the old token."""
+
+    @abc.abstractmethod
+    async def append(self, event: NewEvent) -> int:
+        """Store ``event`` at the end of its channel's log and return its sequence number.
+
+        Returns only after the event is committed. Raises
+        :class:`~relay_server.errors.ChannelFull` when retention leaves no room.
+        """
+
+    @abc.abstractmethod
+    async def claim(self, channel: str, group: str, consumer: str, count: int) -> list[Event]:
+        """Hand up to ``count`` events to ``consumer`` and record them as pending.
+
+        Events released by consumers that went away come first, then events
+        after the group's cursor, all in sequence order. A group seen for the
+        first time starts at the end of the log (new events only), except the
+        ``default`` group, which exists from the channel's creation on.
+        """
+
+    @abc.abstractmethod
+    async def ack(self, channel: str, group: str, results: list[DeliveryResult]) -> int:
+        """Remove the events of ``results`` from the group's pending list and keep their outcomes.
+
+        Returns how many pending entries were removed. An ack for an event that
+        is no longer pending (already acknowledged, or pruned) is ignored.
+        """
+
+    @abc.abstractmethod
+    async def release(self, channel: str, group: str, consumer: str) -> int:
+        """Make ``consumer``'s pending events available to the next claim; returns their count."""
+
+    @abc.abstractmethod
+    async def backlog(self, channel: str, group: str) -> int:
+        """Count the events ``group`` has still to acknowledge (pending plus unread)."""
+
+    @abc.abstractmethod
+    async def prune(self, now: float) -> int:
+        """Apply age retention to every channel; returns how many events were removed."""
+
+    async def __aenter__(self) -> EventStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

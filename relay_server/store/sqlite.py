@@ -1,0 +1,436 @@
+"""SQLite backend: one file in WAL mode, one writer thread with group commit.
+
+Every state change goes through one writer thread. Operations that arrive
+while a transaction runs wait and are committed together in the next one,
+each inside its own savepoint, so one failing operation does not undo its
+neighbours. A caller's ``await`` returns only after the commit that holds
+its operation.
+
+Durability: with ``synchronous=NORMAL`` (the default) a commit survives the
+relay process being killed, because WAL frames are in the operating
+system's page cache, but the latest commits may be lost on power failure.
+``synchronous=FULL`` syncs the WAL on every commit and survives power loss
+at the cost of one fsync per group commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from relay_server.errors import ChannelFull, StoreError
+from relay_server.protocol import DeliveryResult, Event
+from relay_server.store.base import DEFAULT_GROUP, ChannelRecord, EventStore, NewEvent, Retention
+
+logger = logging.getLogger("hookrelay.server.store")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS channels (
+    id TEXT PRIMARY KEY,
+    token_hash BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    settings TEXT NOT NULL DEFAULT '{}'
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    channel TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    method TEXT NOT NULL,
+    target BLOB NOT NULL,
+    headers TEXT NOT NULL,
+    body BLOB NOT NULL,
+    remote TEXT NOT NULL,
+    scheme TEXT NOT NULL,
+    event_type TEXT
+);
+CREATE INDEX IF NOT EXISTS events_by_channel ON events (channel, seq);
+CREATE INDEX IF NOT EXISTS events_by_age ON events (received_at);
+CREATE TABLE IF NOT EXISTS groups (
+    channel TEXT NOT NULL,
+    name TEXT NOT NULL,
+    last_seq INTEGER NOT NULL,
+    PRIMARY KEY (channel, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS pending (
+    channel TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    consumer TEXT,
+    delivery_count INTEGER NOT NULL,
+    delivered_at REAL NOT NULL,
+    PRIMARY KEY (channel, grp, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outcomes (
+    event_id TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    status INTEGER,
+    attempts INTEGER NOT NULL,
+    duration_ms REAL NOT NULL,
+    error TEXT,
+    finished_at REAL NOT NULL,
+    PRIMARY KEY (event_id, grp)
+) WITHOUT ROWID;
+"""
+
+_EVENT_COLUMNS = "seq, id, channel, received_at, method, target, headers, body, remote, scheme, event_type"
+
+# Share of a full channel pruned at once, so a channel at its limit does not
+# run a delete for every single append.
+_PRUNE_FRACTION = 0.01
+
+Operation = Callable[[sqlite3.Connection], Any]
+
+
+class SQLiteStore(EventStore):
+    """The embedded store: a database file under ``data_dir``."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        synchronous: str = "NORMAL",
+        retention: Retention | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if synchronous.upper() not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous must be NORMAL or FULL, not {synchronous!r}")
+        self.path = Path(data_dir) / "hookrelay.sqlite3"
+        self.synchronous = synchronous.upper()
+        self.retention = retention or Retention()
+        self._clock = clock
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hookrelay-sqlite")
+        self._conn: sqlite3.Connection | None = None
+        self._queue: list[tuple[Operation, asyncio.Future[Any]]] = []
+        self._wakeup = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._channels: dict[str, ChannelRecord] = {}
+        self._counts: dict[str, int] = {}
+        self._closed = False
+
+    # -- lifecycle -----------------------------------------------------
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        released = await loop.run_in_executor(self._executor, self._connect)
+        self._writer = asyncio.create_task(self._write_loop(), name="hookrelay-sqlite-writer")
+        logger.info("store opened path=%s synchronous=%s released_pending=%d", self.path, self.synchronous, released)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+
+        # Let queued writes commit before the connection goes away.
+        if self._writer is not None:
+            self._wakeup.set()
+            self._writer.cancel()
+            try:
+                await self._writer
+            except asyncio.CancelledError:
+                pass
+        if self._queue:
+            await self._commit_batch(self._take_batch())
+        if self._conn is not None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._conn.close)
+        self._executor.shutdown(wait=True)
+        logger.info("store closed path=%s", self.path)
+
+    def _connect(self) -> int:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute("PRAGMA foreign_keys=OFF")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.executescript(SCHEMA)
+
+        # Consumers of a previous run are gone: their pending events go back
+        # to their groups so the next listener gets them again.
+        released = conn.execute("UPDATE pending SET consumer = NULL WHERE consumer IS NOT NULL").rowcount
+        for row in conn.execute("SELECT id, token_hash, created_at, settings FROM channels"):
+            self._channels[row[0]] = ChannelRecord(row[0], bytes(row[1]), row[2], json.loads(row[3]))
+        self._conn = conn
+        return released
+
+    # -- group commit ---------------------------------------------------
+
+    async def _submit(self, operation: Operation) -> Any:
+        if self._closed:
+            raise StoreError("write", "the store is closed")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append((operation, future))
+        self._wakeup.set()
+        return await future
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if self._queue:
+                await self._commit_batch(self._take_batch())
+
+    def _take_batch(self) -> list[tuple[Operation, asyncio.Future[Any]]]:
+        batch, self._queue = self._queue, []
+        return batch
+
+    async def _commit_batch(self, batch: list[tuple[Operation, asyncio.Future[Any]]]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            outcomes = await asyncio.shield(loop.run_in_executor(self._executor, self._run_batch, [op for op, _ in batch]))
+        except Exception as exc:
+            logger.error("store commit failed for a batch of %d operations: %s", len(batch), exc)
+            outcomes = [StoreError("commit", str(exc))] * len(batch)
+        for (_, future), outcome in zip(batch, outcomes):
+            if future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+    def _run_batch(self, operations: list[Operation]) -> list[Any]:
+        conn = self._conn
+        assert conn is not None
+        results: list[Any] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for operation in operations:
+                conn.execute("SAVEPOINT op")
+                try:
+                    results.append(operation(conn))
+                    conn.execute("RELEASE op")
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    results.append(exc)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return results
+
+    async def _read(self, operation: Operation) -> Any:
+        # Reads share the writer's thread and connection: SQLite serialises
+        # them anyway, and a second thread would add a hand-off per read.
+        return await asyncio.get_running_loop().run_in_executor(self._executor, operation, self._conn)
+
+    # -- channels ------------------------------------------------------
+
+    async def create_channel(self, channel: ChannelRecord) -> None:
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT INTO channels (id, token_hash, created_at, settings) VALUES (?, ?, ?, ?)",
+                (channel.id, channel.token_hash, channel.created_at, json.dumps(channel.settings)),
+            )
+            conn.execute("INSERT INTO groups (channel, name, last_seq) VALUES (?, ?, 0)", (channel.id, DEFAULT_GROUP))
+
+        await self._submit(insert)
+        self._channels[channel.id] = channel
+        self._counts[channel.id] = 0
+
+    async def get_channel(self, channel_id: str) -> ChannelRecord | None:
+        # The writer thread is the only writer, so the in-memory copy is exact.
+        return self._channels.get(channel_id)
+
+    async def set_token_hash(self, channel_id: str, token_hash: bytes) -> None:
+        def update(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE channels SET token_hash = ? WHERE id = ?", (token_hash, channel_id))
+
+        await self._submit(update)
+        old = self._channels[channel_id]
+        self._channels[channel_id] = ChannelRecord(old.id, token_hash, old.created_at, old.settings)
+
+    # -- events --------------------------------------------------------
+
+    async def append(self, event: NewEvent) -> int:
+        return await self._submit(lambda conn: self._append(conn, event))
+
+    def _append(self, conn: sqlite3.Connection, event: NewEvent) -> int:
+        count = self._count(conn, event.channel)
+        if count >= self.retention.max_events:
+            count -= self._prune_acknowledged(conn, event.channel, count)
+            if count >= self.retention.max_events:
+                raise ChannelFull(event.channel, self.retention.max_events)
+        cursor = conn.execute(
+            f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                event.id,
+                event.channel,
+                event.received_at,
+                event.method,
+                event.target,
+                _encode_headers(event.headers),
+                event.body,
+                event.remote,
+                event.scheme,
+                event.event_type,
+            ),
+        )
+        self._counts[event.channel] = count + 1
+        return int(cursor.lastrowid)
+
+    def _count(self, conn: sqlite3.Connection, channel: str) -> int:
+        if channel not in self._counts:
+            (self._counts[channel],) = conn.execute("SELECT COUNT(*) FROM events WHERE channel = ?", (channel,)).fetchone()
+        return self._counts[channel]
+
+    def _prune_acknowledged(self, conn: sqlite3.Connection, channel: str, count: int) -> int:
+        """Delete the oldest events every group is done with; returns how many."""
+        (floor,) = conn.execute("SELECT MIN(last_seq) FROM groups WHERE channel = ?", (channel,)).fetchone()
+        (oldest_pending,) = conn.execute("SELECT MIN(seq) FROM pending WHERE channel = ?", (channel,)).fetchone()
+        limit = floor or 0
+        if oldest_pending is not None:
+            limit = min(limit, oldest_pending - 1)
+        batch = max(1, int(self.retention.max_events * _PRUNE_FRACTION))
+        deleted = conn.execute(
+            "DELETE FROM events WHERE seq IN (SELECT seq FROM events WHERE channel = ? AND seq <= ? ORDER BY seq LIMIT ?)",
+            (channel, limit, batch),
+        ).rowcount
+        if deleted:
+            logger.info("retention pruned channel=%s events=%d reason=count", channel, deleted)
+        return deleted
+
+    async def claim(self, channel: str, group: str, consumer: str, count: int) -> list[Event]:
+        if count <= 0:
+            return []
+        return await self._submit(lambda conn: self._claim(conn, channel, group, consumer, count))
+
+    def _claim(self, conn: sqlite3.Connection, channel: str, group: str, consumer: str, count: int) -> list[Event]:
+        now = self._clock()
+        released = [
+            (seq, delivery_count + 1)
+            for seq, delivery_count in conn.execute(
+                "SELECT seq, delivery_count FROM pending WHERE channel = ? AND grp = ? AND consumer IS NULL ORDER BY seq LIMIT ?",
+                (channel, group, count),
+            )
+        ]
+        conn.executemany(
+            "UPDATE pending SET consumer = ?, delivery_count = ?, delivered_at = ? WHERE channel = ? AND grp = ? AND seq = ?",
+            [(consumer, n, now, channel, group, seq) for seq, n in released],
+        )
+        fresh = self._claim_new(conn, channel, group, consumer, count - len(released), now)
+        counts = dict(released) | {seq: 1 for seq in fresh}
+        return self._load_events(conn, sorted(counts), counts)
+
+    def _claim_new(self, conn: sqlite3.Connection, channel: str, group: str, consumer: str, count: int, now: float) -> list[int]:
+        if count <= 0:
+            return []
+        cursor = self._group_cursor(conn, channel, group)
+        seqs = [
+            seq
+            for (seq,) in conn.execute(
+                "SELECT seq FROM events WHERE channel = ? AND seq > ? ORDER BY seq LIMIT ?", (channel, cursor, count)
+            )
+        ]
+        if not seqs:
+            return []
+        conn.executemany(
+            "INSERT INTO pending (channel, grp, seq, consumer, delivery_count, delivered_at) VALUES (?, ?, ?, ?, 1, ?)",
+            [(channel, group, seq, consumer, now) for seq in seqs],
+        )
+        conn.execute("UPDATE groups SET last_seq = ? WHERE channel = ? AND name = ?", (seqs[-1], channel, group))
+        return seqs
+
+    def _group_cursor(self, conn: sqlite3.Connection, channel: str, group: str) -> int:
+        row = conn.execute("SELECT last_seq FROM groups WHERE channel = ? AND name = ?", (channel, group)).fetchone()
+        if row is not None:
+            return row[0]
+
+        # A new group sees the events that arrive from now on.
+        (last,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events WHERE channel = ?", (channel,)).fetchone()
+        conn.execute("INSERT INTO groups (channel, name, last_seq) VALUES (?, ?, ?)", (channel, group, last))
+        logger.info("group created channel=%s group=%s position=%d", channel, group, last)
+        return last
+
+    def _load_events(self, conn: sqlite3.Connection, seqs: list[int], counts: dict[int, int]) -> list[Event]:
+        if not seqs:
+            return []
+        marks = ",".join("?" * len(seqs))
+        rows = conn.execute(f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq IN ({marks}) ORDER BY seq", seqs)
+        return [_row_to_event(row, counts.get(row[0], 1)) for row in rows]
+
+    async def ack(self, channel: str, group: str, results: list[DeliveryResult]) -> int:
+        if not results:
+            return 0
+        return await self._submit(lambda conn: self._ack(conn, channel, group, results))
+
+    def _ack(self, conn: sqlite3.Connection, channel: str, group: str, results: list[DeliveryResult]) -> int:
+        now = self._clock()
+        removed = 0
+        for result in results:
+            removed += conn.execute(
+                "DELETE FROM pending WHERE channel = ? AND grp = ? AND seq = (SELECT seq FROM events WHERE id = ? AND channel = ?)",
+                (channel, group, result.event_id, channel),
+            ).rowcount
+            conn.execute(
+                "INSERT OR REPLACE INTO outcomes (event_id, grp, outcome, status, attempts, duration_ms, error, finished_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (result.event_id, group, result.outcome, result.status, result.attempts, result.duration_ms, result.error, now),
+            )
+        return removed
+
+    async def release(self, channel: str, group: str, consumer: str) -> int:
+        def update(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "UPDATE pending SET consumer = NULL WHERE channel = ? AND grp = ? AND consumer = ?", (channel, group, consumer)
+            ).rowcount
+
+        return await self._submit(update)
+
+    async def backlog(self, channel: str, group: str) -> int:
+        def count(conn: sqlite3.Connection) -> int:
+            row = conn.execute("SELECT last_seq FROM groups WHERE channel = ? AND name = ?", (channel, group)).fetchone()
+            if row is None:
+                return 0
+            (unread,) = conn.execute("SELECT COUNT(*) FROM events WHERE channel = ? AND seq > ?", (channel, row[0])).fetchone()
+            (pending,) = conn.execute("SELECT COUNT(*) FROM pending WHERE channel = ? AND grp = ?", (channel, group)).fetchone()
+            return unread + pending
+
+        return await self._read(count)
+
+    async def prune(self, now: float) -> int:
+        cutoff = now - self.retention.max_age
+
+        def delete(conn: sqlite3.Connection) -> int:
+            expired = conn.execute("SELECT channel, seq FROM events WHERE received_at < ?", (cutoff,)).fetchall()
+            conn.executemany("DELETE FROM pending WHERE channel = ? AND seq = ?", expired)
+            conn.execute("DELETE FROM events WHERE received_at < ?", (cutoff,))
+            for channel, _ in expired:
+                self._counts.pop(channel, None)
+            return len(expired)
+
+        removed = await self._submit(delete)
+        if removed:
+            logger.info("retention pruned events=%d reason=age max_age_s=%d", removed, self.retention.max_age)
+        return removed
+
+
+def _encode_headers(headers: tuple[tuple[bytes, bytes], ...]) -> str:
+    return json.dumps([[k.decode("latin-1"), v.decode("latin-1")] for k, v in headers], separators=(",", ":"))
+
+
+def _row_to_event(row: tuple[Any, ...], delivery_count: int) -> Event:
+    seq, event_id, channel, received_at, method, target, headers, body, remote, scheme, event_type = row
+    return Event(
+        id=event_id,
+        channel=channel,
+        seq=seq,
+        method=method,
+        target=bytes(target),
+        headers=tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in json.loads(headers)),
+        body=bytes(body),
+        received_at=received_at,
+        remote=remote,
+        scheme=scheme,
+        delivery_count=delivery_count,
+        event_type=event_type,
+    )
