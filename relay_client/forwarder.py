@@ -30,7 +30,9 @@ from dataclasses import dataclass
 import aiohttp
 from yarl import URL
 
+from relay_client import rawhttp
 from relay_client.config import ListenerConfig
+from relay_client.rawhttp import RawRequestError
 from relay_client.retry import is_retryable_status, parse_retry_after
 from relay_server.protocol import DeliveryResult, Event
 
@@ -39,8 +41,8 @@ logger = logging.getLogger("hookrelay.client.forwarder")
 HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade", b"host"}
 )
-EVENT_ID_HEADER = "X-Hookrelay-Event-Id"
-ATTEMPT_HEADER = "X-Hookrelay-Attempt"
+EVENT_ID_HEADER = b"X-Hookrelay-Event-Id"
+ATTEMPT_HEADER = b"X-Hookrelay-Attempt"
 _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 # A target's answer is read for its status; its body matters only up to here.
 _MAX_RESPONSE_BODY = 1024 * 1024
@@ -60,26 +62,26 @@ class Attempt:
     retry_in: float | None = None
 
 
-def forward_headers(event: Event, target_authority: str, host_header: str | None = None) -> list[tuple[str, str]]:
+def forward_headers(event: Event, target_authority: str, host_header: str | None = None) -> list[tuple[bytes, bytes]]:
     """Build the header list sent to the target from the event's stored headers."""
     connection_tokens = _connection_tokens(event.headers)
-    headers: list[tuple[str, str]] = []
+    headers: list[tuple[bytes, bytes]] = []
     sender_host = None
     present: set[bytes] = set()
-    for raw_name, raw_value in event.headers:
-        lowered = raw_name.lower()
+    for name, value in event.headers:
+        lowered = name.lower()
         if lowered == b"host":
-            sender_host = raw_value
+            sender_host = value
         if lowered in HOP_BY_HOP or lowered in connection_tokens:
             continue
-        if lowered == b"content-length" and raw_value.strip() != str(len(event.body)).encode():
+        if lowered == b"content-length" and value.strip() != str(len(event.body)).encode():
             continue
         present.add(lowered)
-        headers.append((raw_name.decode("latin-1"), _header_text(raw_value)))
+        headers.append((name, value))
 
-    headers.insert(0, ("Host", host_header or target_authority))
+    headers.insert(0, (b"Host", (host_header or target_authority).encode("latin-1")))
     _add_forwarded(headers, present, event, sender_host)
-    headers.append((EVENT_ID_HEADER, event.id))
+    headers.append((EVENT_ID_HEADER, event.id.encode()))
     return headers
 
 
@@ -91,27 +93,31 @@ def _connection_tokens(headers: tuple[tuple[bytes, bytes], ...]) -> set[bytes]:
     return tokens
 
 
-def _add_forwarded(headers: list[tuple[str, str]], present: set[bytes], event: Event, sender_host: bytes | None) -> None:
+def _add_forwarded(headers: list[tuple[bytes, bytes]], present: set[bytes], event: Event, sender_host: bytes | None) -> None:
     if event.remote:
+        remote = event.remote.encode("latin-1")
         for index, (name, value) in enumerate(headers):
-            if name.lower() == "x-forwarded-for":
-                headers[index] = (name, f"{value}, {event.remote}")
+            if name.lower() == b"x-forwarded-for":
+                headers[index] = (name, value + b", " + remote)
                 break
         else:
-            headers.append(("X-Forwarded-For", event.remote))
+            headers.append((b"X-Forwarded-For", remote))
     if b"x-forwarded-host" not in present and sender_host:
-        headers.append(("X-Forwarded-Host", _header_text(sender_host)))
+        headers.append((b"X-Forwarded-Host", sender_host))
     if b"x-forwarded-proto" not in present:
-        headers.append(("X-Forwarded-Proto", event.scheme))
+        headers.append((b"X-Forwarded-Proto", event.scheme.encode("latin-1")))
 
 
-def _header_text(value: bytes) -> str:
-    # aiohttp encodes header values as UTF-8, so decoding them as UTF-8 sends
-    # the same bytes back out.
-    # TODO: values with bytes that are not valid UTF-8 (obs-text) are sent
-    # with U+FFFD in place of those bytes; keeping them needs a request
-    # writer that takes bytes.
-    return value.decode("utf-8", "replace")
+def as_text_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]] | None:
+    """Convert headers for aiohttp, or return None when a value is not valid UTF-8.
+
+    aiohttp encodes values as UTF-8, so a value that decodes as UTF-8 goes out
+    as the same bytes; any other value needs :mod:`relay_client.rawhttp`.
+    """
+    try:
+        return [(name.decode("latin-1"), value.decode("utf-8")) for name, value in headers]
+    except UnicodeDecodeError:
+        return None
 
 
 class Forwarder:
@@ -174,34 +180,50 @@ class Forwarder:
 
     async def _attempt(self, event: Event, attempt: int) -> tuple[int | None, str | None, float | None, float]:
         """Send once; returns status (None without an answer), error, Retry-After and duration."""
-        assert self._session is not None, "use the forwarder as an async context manager"
         headers = forward_headers(event, self.config.target.authority, self.config.host_header)
-        headers.append((ATTEMPT_HEADER, str(attempt)))
-        url = URL(self.config.target.url_for(event.target.decode("utf-8", "surrogateescape")), encoded=True)
-        # A GET or HEAD without a body must not gain a Content-Length: 0.
-        data = event.body if event.body or event.method not in ("GET", "HEAD", "OPTIONS", "DELETE") else None
+        headers.append((ATTEMPT_HEADER, str(attempt).encode()))
         started = time.monotonic()
         try:
-            async with self._session.request(
-                event.method, url, headers=headers, data=data, allow_redirects=False, compress=None
-            ) as response:
-                await response.content.read(_MAX_RESPONSE_BODY)
-                retry_after = parse_retry_after(response.headers.get("Retry-After"))
-                error = None if response.status < 400 else f"HTTP {response.status}"
-                return response.status, error, retry_after, _elapsed_ms(started)
+            status, retry_after = await self._send(event, headers)
         except asyncio.TimeoutError:
             return None, f"timed out after {self.config.timeout:g} s", None, _elapsed_ms(started)
-        except aiohttp.ClientError as exc:
+        except (aiohttp.ClientError, RawRequestError, OSError) as exc:
             return None, _describe(exc), None, _elapsed_ms(started)
+        error = None if status < 400 else f"HTTP {status}"
+        return status, error, parse_retry_after(retry_after), _elapsed_ms(started)
+
+    async def _send(self, event: Event, headers: list[tuple[bytes, bytes]]) -> tuple[int, str | None]:
+        """Send one request; returns the status and the Retry-After value."""
+        assert self._session is not None, "use the forwarder as an async context manager"
+        path = self.config.target.url_for(event.target.decode("utf-8", "surrogateescape"))
+        text_headers = as_text_headers(headers)
+        if text_headers is None:
+            raw_path = path[len(self.config.target.origin) :].encode("utf-8", "surrogateescape")
+            answer = await rawhttp.exchange(
+                self.config.target, event.method, raw_path, headers, event.body,
+                timeout=self.config.timeout, max_body=_MAX_RESPONSE_BODY,
+            )
+            retry_after = next((v for k, v in answer.headers if k.lower() == b"retry-after"), None)
+            return answer.status, retry_after.decode("latin-1") if retry_after else None
+
+        # A GET or HEAD without a body must not gain a Content-Length: 0.
+        data = event.body if event.body or event.method not in ("GET", "HEAD", "OPTIONS", "DELETE") else None
+        async with self._session.request(
+            event.method, URL(path, encoded=True), headers=text_headers, data=data, allow_redirects=False, compress=None
+        ) as response:
+            await response.content.read(_MAX_RESPONSE_BODY)
+            return response.status, response.headers.get("Retry-After")
 
 
 def _elapsed_ms(started: float) -> float:
     return (time.monotonic() - started) * 1000
 
 
-def _describe(exc: aiohttp.ClientError) -> str:
+def _describe(exc: Exception) -> str:
     if isinstance(exc, aiohttp.ClientConnectorError):
         return f"connection failed: {exc.os_error.strerror or exc.os_error}"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return "the target closed the connection without an answer"
+    if isinstance(exc, OSError):
+        return f"connection failed: {exc.strerror or exc}"
     return f"{type(exc).__name__}: {exc}"

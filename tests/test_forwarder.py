@@ -125,8 +125,8 @@ async def test_forwarded_headers_and_event_id_are_added():
 def test_existing_forwarded_for_is_appended_to():
     """A sender's X-Forwarded-For chain is kept and the sender address appended."""
     headers = forward_headers(event(headers=((b"X-Forwarded-For", b"10.0.0.1"), (b"X-Forwarded-Proto", b"https"))), "t:1")
-    assert ("X-Forwarded-For", "10.0.0.1, 127.0.0.9") in headers
-    assert [v for k, v in headers if k.lower() == "x-forwarded-proto"] == ["https"]
+    assert (b"X-Forwarded-For", b"10.0.0.1, 127.0.0.9") in headers
+    assert [v for k, v in headers if k.lower() == b"x-forwarded-proto"] == [b"https"]
 
 
 async def test_get_without_body_gets_no_content_length():
@@ -198,3 +198,25 @@ async def test_retry_after_is_honoured():
             result = await forwarder.deliver(event())
     assert result.status == 204
     assert delays == [0.0]
+
+
+async def test_header_bytes_that_are_not_utf8_are_kept():
+    """Obs-text header values (Latin-1, 0x80-0xFF) reach the target byte for byte."""
+    odd = event(headers=((b"X-Name", b"caf\xe9 \x80\xff"), (b"x-Spelling", b"a"), (b"X-Rep", b"1"), (b"X-Rep", b"2")), body=b"\x00ab")
+    async with RawTarget() as target, Forwarder(config(target.port)) as forwarder:
+        result = await forwarder.deliver(odd)
+        request_line, headers, body = target.requests[0]
+    assert result.status == 200
+    assert request_line == b"POST /github/x%2Fy?url=git@h:g/r.git&%zz HTTP/1.1"
+    assert headers[1:5] == [(b"X-Name", b"caf\xe9 \x80\xff"), (b"x-Spelling", b"a"), (b"X-Rep", b"1"), (b"X-Rep", b"2")]
+    assert (b"Content-Length", b"3") in headers
+    assert body == b"\x00ab"
+
+
+async def test_raw_path_retries_on_5xx():
+    """Events sent through the bytes-level writer follow the same retry policy."""
+    answers = [b"HTTP/1.1 502 Bad\r\nContent-Length: 0\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"]
+    odd = event(headers=((b"X-Name", b"\xe9"),))
+    async with RawTarget(answers) as target, Forwarder(config(target.port)) as forwarder:
+        result = await forwarder.deliver(odd)
+    assert (result.outcome, result.status, result.attempts) == ("delivered", 200, 2)
