@@ -107,7 +107,9 @@ def listen(
         timeout=parse_duration(timeout, "--timeout"),
         concurrency=concurrency,
         retry=RetryPolicy(max_attempts=max_attempts),
-        window=max(16, concurrency * 2),
+        # Prefetch little: events held by a busy listener are events its
+        # group peers cannot take.
+        window=2 * concurrency,
     )
     console = ListenerConsole(stderr, target, json_out=sys.stdout if as_json else None, public_url=saved.url)
     stopped_by = run_until_stopped(lambda stop: run_listener(config, console, stop))
