@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import aiohttp
@@ -11,15 +12,18 @@ from relay_client.errors import RelayRejected, RelayUnreachable, Unauthorized
 _TIMEOUT = aiohttp.ClientTimeout(total=30)
 
 
-async def request_json(method: str, relay: str, path: str, *, token: str | None = None, channel: str = "") -> dict[str, Any]:
+async def request_json(
+    method: str, relay: str, path: str, *, token: str | None = None, channel: str = "", body: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Send one API request and return the JSON answer; raises the listener's own errors."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     url = relay.rstrip("/") + path
     try:
         async with aiohttp.ClientSession(timeout=_TIMEOUT) as session:
-            async with session.request(method, url, headers=headers) as response:
-                body = await response.json(content_type=None) if response.content_length != 0 else {}
+            async with session.request(method, url, headers=headers, json=body) as response:
+                text = await response.text()
                 status = response.status
+        answer = json.loads(text) if text else {}
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise RelayUnreachable(relay, str(exc) or type(exc).__name__) from exc
     except ValueError as exc:
@@ -27,9 +31,9 @@ async def request_json(method: str, relay: str, path: str, *, token: str | None 
     if status == 401 and channel:
         raise Unauthorized(relay, channel)
     if status >= 400:
-        message = body.get("message") if isinstance(body, dict) else None
+        message = answer.get("message") if isinstance(answer, dict) else None
         raise RelayRejected(relay, status, message or "no details")
-    return body
+    return answer
 
 
 async def create_channel(relay: str, admin_token: str | None) -> dict[str, Any]:
@@ -42,3 +46,7 @@ async def show_channel(relay: str, channel: str, token: str) -> dict[str, Any]:
 
 async def rotate_token(relay: str, channel: str, token: str) -> dict[str, Any]:
     return await request_json("POST", relay, f"/api/channels/{channel}/rotate-token", token=token, channel=channel)
+
+
+async def update_channel(relay: str, channel: str, token: str, settings: dict[str, Any]) -> dict[str, Any]:
+    return await request_json("PATCH", relay, f"/api/channels/{channel}", token=token, channel=channel, body=settings)

@@ -10,10 +10,8 @@ one line, ``hookrelay: error: <reason>``, and exit with an
 from __future__ import annotations
 
 import asyncio
-import enum
 import json
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
@@ -26,8 +24,17 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from relay_client import __version__, api_client
-from relay_client.config import DEFAULT_RELAY, ListenerConfig, parse_target
+from relay_client import __version__, api_client, cli_events
+from relay_client.cli_common import (
+    DEFAULT_RELAY,
+    AdminTokenOption,
+    ExitStatus,
+    JsonOption,
+    RelayOption,
+    configure_logging,
+    stderr,
+)
+from relay_client.config import ListenerConfig, parse_target
 from relay_client.console import ListenerConsole
 from relay_client.errors import ClientError, RelayRejected, RelayUnreachable, Unauthorized, UsageError
 from relay_client.retry import RetryPolicy
@@ -35,15 +42,6 @@ from relay_client.runner import listen as run_listener
 from relay_client.runner import resolve_channel, run_until_stopped
 from relay_client.settings import ChannelBook, SavedChannel, default_map, load_config_file
 from relay_client.units import parse_duration, parse_size
-
-
-class ExitStatus(enum.IntEnum):
-    OK = 0
-    ERROR = 1
-    USAGE = 2
-    UNAUTHORIZED = 3
-    UNREACHABLE = 4
-    INTERRUPTED = 130
 
 
 app = typer.Typer(
@@ -55,24 +53,7 @@ app = typer.Typer(
 )
 channel_app = typer.Typer(help="Create and manage channels.", no_args_is_help=True)
 app.add_typer(channel_app, name="channel")
-
-stderr = Console(stderr=True, soft_wrap=True, highlight=False)
-
-RelayOption = Annotated[str, typer.Option("--relay", envvar="HOOKRELAY_RELAY", help="Base URL of the relay.")]
-JsonOption = Annotated[bool, typer.Option("--json", help="Print data as JSON on stdout.")]
-AdminTokenOption = Annotated[
-    Optional[str],
-    typer.Option("--admin-token", envvar="HOOKRELAY_ADMIN_TOKEN", help="Admin token, for relays that guard channel creation.", show_default=False),
-]
-
-
-def _configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
-    root = logging.getLogger("hookrelay")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+cli_events.register(app)
 
 
 @app.command()
@@ -87,16 +68,20 @@ def listen(
     timeout: Annotated[str, typer.Option(envvar="HOOKRELAY_TIMEOUT", help="Time the target has to answer one attempt (30s, 2m).")] = "30s",
     host_header: Annotated[Optional[str], typer.Option(envvar="HOOKRELAY_HOST_HEADER", help="Host header to send instead of the target's host:port.", show_default=False)] = None,
     admin_token: AdminTokenOption = None,
+    respond: Annotated[bool, typer.Option("--respond", envvar="HOOKRELAY_RESPOND", help="Put the channel in sync mode: senders get your server's answer.")] = False,
     as_json: JsonOption = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log connection and retry details.")] = False,
 ) -> None:
     """Forward a channel's webhooks to a local server and acknowledge each one after it answered."""
-    _configure_logging("INFO" if verbose else "WARNING")
+    configure_logging("INFO" if verbose else "WARNING")
     target = parse_target(forward)
     book = ChannelBook()
     saved, created = asyncio.run(resolve_channel(relay, channel, token, admin_token, book))
     if created:
         stderr.print(Text(f"created channel {saved.channel}; it is remembered for next time", style="green"))
+    if respond:
+        asyncio.run(api_client.update_channel(relay, saved.channel, saved.token, {"response": {"mode": "sync"}}))
+        stderr.print(Text("sync mode: senders get your server's answer", style="green"))
     config = ListenerConfig(
         relay=relay.rstrip("/"),
         channel=saved.channel,
@@ -139,7 +124,7 @@ def serve(
 
     if sync.lower() not in ("normal", "full"):
         raise UsageError("--sync", sync, "use normal or full")
-    _configure_logging(log_level)
+    configure_logging(log_level)
     config = ServerConfig(
         host=host,
         port=port,
@@ -159,15 +144,46 @@ def serve(
     asyncio.run(serve_relay(config))
 
 
+ResponseOption = Annotated[
+    Optional[str],
+    typer.Option("--response", help="async: answer 202 once stored; sync: answer with your server's response.", show_default=False),
+]
+ResponseTimeoutOption = Annotated[
+    Optional[str], typer.Option("--response-timeout", help="How long a sync sender waits (5s).", show_default=False)
+]
+FallbackOption = Annotated[
+    Optional[int], typer.Option("--fallback", help="Status a sync sender gets without an answer: 202, 503 or 504.", show_default=False)
+]
+
+
+def _response_settings(response: str | None, timeout: str | None, fallback: int | None) -> dict[str, object]:
+    settings: dict[str, object] = {}
+    if response is not None:
+        if response not in ("sync", "async"):
+            raise UsageError("--response", response, "use sync or async")
+        settings["mode"] = response
+    if timeout is not None:
+        settings["timeout"] = parse_duration(timeout, "--response-timeout")
+    if fallback is not None:
+        settings["fallback"] = fallback
+    return settings
+
+
 @channel_app.command("create")
 def channel_create(
     relay: RelayOption = DEFAULT_RELAY,
     admin_token: AdminTokenOption = None,
     save: Annotated[bool, typer.Option("--save/--no-save", help="Remember the channel for 'hookrelay listen'.")] = True,
+    response: ResponseOption = None,
+    response_timeout: ResponseTimeoutOption = None,
+    fallback: FallbackOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Create a channel and print its public URL and token."""
     created = asyncio.run(api_client.create_channel(relay, admin_token))
+    settings = _response_settings(response, response_timeout, fallback)
+    if settings:
+        asyncio.run(api_client.update_channel(relay, created["channel"], created["token"], {"response": settings}))
     if save:
         ChannelBook().save(SavedChannel(relay.rstrip("/"), created["channel"], created["token"], created["url"]))
     if as_json:
@@ -209,6 +225,29 @@ def channel_show(
         return
     for key in ("channel", "url", "backlog", "listeners"):
         print(f"{key:<10} {info.get(key)}")
+
+
+@channel_app.command("update")
+def channel_update(
+    channel: Annotated[str, typer.Option(envvar="HOOKRELAY_CHANNEL", help="Channel id.")],
+    relay: RelayOption = DEFAULT_RELAY,
+    token: Annotated[Optional[str], typer.Option(envvar="HOOKRELAY_TOKEN", help="The channel's token; default: the remembered one.", show_default=False)] = None,
+    response: ResponseOption = None,
+    response_timeout: ResponseTimeoutOption = None,
+    fallback: FallbackOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Change how a channel answers its senders."""
+    settings = _response_settings(response, response_timeout, fallback)
+    if not settings:
+        raise UsageError("--response", None, "give at least one of --response, --response-timeout, --fallback")
+    saved, _ = asyncio.run(resolve_channel(relay, channel, token, None, ChannelBook()))
+    updated = asyncio.run(api_client.update_channel(relay, saved.channel, saved.token, {"response": settings}))
+    if as_json:
+        print(json.dumps(updated))
+    else:
+        answer = updated["response"]
+        print(f"{saved.channel}: response {answer['mode']}, timeout {answer['timeout']:g} s, fallback {answer['fallback']}")
 
 
 @channel_app.command("rotate-token")

@@ -26,8 +26,23 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from relay_client import __version__
 from relay_client.config import ListenerConfig
 from relay_client.errors import RelayRejected, RelayUnreachable, Unauthorized
-from relay_client.forwarder import Forwarder
-from relay_server.protocol import DeliveryResult, Event, ProtocolError, Welcome, decode_event, decode_text, encode_ack
+from relay_client.forwarder import Attempt, Forwarder
+from relay_server.protocol import (
+    AttemptReport,
+    DeliveryResult,
+    Event,
+    ProtocolError,
+    TargetResponse,
+    Welcome,
+    decode_event,
+    decode_text,
+    encode_ack,
+    encode_attempt,
+    encode_response,
+)
+
+# What the acker sends, in the order deliveries produce it.
+Outgoing = DeliveryResult | AttemptReport | TargetResponse
 
 logger = logging.getLogger("hookrelay.client")
 
@@ -54,6 +69,8 @@ class Listener:
         self.events = events
         self._running: dict[str, asyncio.Task[DeliveryResult]] = {}
         self._finished: OrderedDict[str, DeliveryResult] = OrderedDict()
+        # Reports of running deliveries go to the connection open at the time.
+        self._outbox: asyncio.Queue[Outgoing] | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, serve and reconnect with backoff until ``stop`` is set.
@@ -122,7 +139,8 @@ class Listener:
     async def _pump(self, ws: websockets.ClientConnection, stop: asyncio.Event) -> None:
         """Run reader, workers and acker until the connection or ``stop`` ends them."""
         queue: asyncio.Queue[Event] = asyncio.Queue()
-        acks: asyncio.Queue[DeliveryResult] = asyncio.Queue()
+        acks: asyncio.Queue[Outgoing] = asyncio.Queue()
+        self._outbox = acks
         tasks = [asyncio.create_task(self._read_frames(ws, queue), name="hookrelay-reader")]
         tasks += [asyncio.create_task(self._work(queue, acks), name=f"hookrelay-worker-{i}") for i in range(self.config.concurrency)]
         tasks.append(asyncio.create_task(self._send_acks(ws, acks), name="hookrelay-acker"))
@@ -148,7 +166,7 @@ class Listener:
             if message["type"] == "error":
                 logger.error("relay reported an error: %s", message.get("message"))
 
-    async def _work(self, queue: asyncio.Queue[Event], acks: asyncio.Queue[DeliveryResult]) -> None:
+    async def _work(self, queue: asyncio.Queue[Event], acks: asyncio.Queue[Outgoing]) -> None:
         while True:
             event = await queue.get()
             result = await self._result_for(event)
@@ -168,8 +186,22 @@ class Listener:
         return await asyncio.shield(task)
 
     async def _deliver(self, event: Event) -> DeliveryResult:
+        answered = False
+
+        def report(attempt: Attempt) -> None:
+            nonlocal answered
+            outbox = self._outbox
+            if outbox is None:
+                return
+            if attempt.response is not None and not answered:
+                # The first answer is the one a waiting sender gets.
+                answered = True
+                outbox.put_nowait(attempt.response)
+            if not attempt.final:
+                outbox.put_nowait(AttemptReport(event.id, attempt.attempt, attempt.status, attempt.duration_ms, attempt.error))
+
         try:
-            result = await self.forwarder.deliver(event)
+            result = await self.forwarder.deliver(event, on_attempt=report)
         finally:
             self._running.pop(event.id, None)
         self._finished[event.id] = result
@@ -178,29 +210,28 @@ class Listener:
         self.events.finished(event, result)
         return result
 
-    async def _send_acks(self, ws: websockets.ClientConnection, acks: asyncio.Queue[DeliveryResult]) -> None:
-        """Send results as they finish, batching those that finish together."""
+    async def _send_acks(self, ws: websockets.ClientConnection, acks: asyncio.Queue[Outgoing]) -> None:
+        """Send reports in order, batching results that finish together into one ack."""
         while True:
-            batch = [await acks.get()]
+            pending = [await acks.get()]
             while not acks.empty():
-                batch.append(acks.get_nowait())
-            await ws.send(encode_ack(batch))
+                pending.append(acks.get_nowait())
+            await _send_outgoing(ws, pending)
 
-    async def _drain_on_stop(self, queue: asyncio.Queue[Event], acks: asyncio.Queue[DeliveryResult], ws: websockets.ClientConnection) -> None:
+    async def _drain_on_stop(self, queue: asyncio.Queue[Event], acks: asyncio.Queue[Outgoing], ws: websockets.ClientConnection) -> None:
         """On stop, let running deliveries finish within the grace period and ack them."""
         running = list(self._running.values())
         if running:
             logger.info("stopping: waiting up to %.0f s for %d deliveries", self.config.shutdown_grace, len(running))
             await asyncio.wait(running, timeout=self.config.shutdown_grace)
         await asyncio.sleep(0)
-        batch = []
+        pending = []
         while not acks.empty():
-            batch.append(acks.get_nowait())
-        if batch:
-            try:
-                await ws.send(encode_ack(batch))
-            except ConnectionClosed:
-                pass
+            pending.append(acks.get_nowait())
+        try:
+            await _send_outgoing(ws, pending)
+        except ConnectionClosed:
+            pass
         await ws.close(code=1001, reason="listener stopping")
 
     async def _finish_running(self) -> None:
@@ -208,6 +239,21 @@ class Listener:
             task.cancel()
         if self._running:
             await asyncio.gather(*self._running.values(), return_exceptions=True)
+
+
+async def _send_outgoing(ws: websockets.ClientConnection, pending: list[Outgoing]) -> None:
+    """Send answers and attempt reports as they come and results as one ack per run."""
+    results: list[DeliveryResult] = []
+    for item in pending:
+        if isinstance(item, DeliveryResult):
+            results.append(item)
+            continue
+        if results:
+            await ws.send(encode_ack(results))
+            results = []
+        await ws.send(encode_response(item) if isinstance(item, TargetResponse) else encode_attempt(item))
+    if results:
+        await ws.send(encode_ack(results))
 
 
 def convert_handshake_error(exc: Exception, relay: str, channel: str) -> Exception:

@@ -34,7 +34,7 @@ from relay_client import rawhttp
 from relay_client.config import ListenerConfig
 from relay_client.rawhttp import RawRequestError
 from relay_client.retry import is_retryable_status, parse_retry_after
-from relay_server.protocol import DeliveryResult, Event
+from relay_server.protocol import DeliveryResult, Event, TargetResponse
 
 logger = logging.getLogger("hookrelay.client.forwarder")
 
@@ -44,8 +44,10 @@ HOP_BY_HOP = frozenset(
 EVENT_ID_HEADER = b"X-Hookrelay-Event-Id"
 ATTEMPT_HEADER = b"X-Hookrelay-Attempt"
 _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
-# A target's answer is read for its status; its body matters only up to here.
+# A target's answer is read for its status; its body matters only up to here,
+# unless a sender waits for it (sync channels), which gets up to the second.
 _MAX_RESPONSE_BODY = 1024 * 1024
+_MAX_SENDER_ANSWER = 25 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,7 @@ class Attempt:
     final: bool
     outcome: str
     retry_in: float | None = None
+    response: TargetResponse | None = None
 
 
 def forward_headers(event: Event, target_authority: str, host_header: str | None = None) -> list[tuple[bytes, bytes]]:
@@ -152,18 +155,25 @@ class Forwarder:
         if self._owns_session and self._session is not None:
             await self._session.close()
 
-    async def deliver(self, event: Event) -> DeliveryResult:
-        """Try ``event`` until the target answers, the policy gives up, or it is cancelled."""
+    async def deliver(self, event: Event, on_attempt: Callable[[Attempt], None] | None = None) -> DeliveryResult:
+        """Try ``event`` until the target answers, the policy gives up, or it is cancelled.
+
+        ``on_attempt`` hears about every attempt, after the constructor's
+        callback; for events marked ``respond`` it carries the target's answer.
+        """
         started = time.monotonic()
         attempt = 0
         while True:
             attempt += 1
-            status, error, retry_after, duration_ms = await self._attempt(event, attempt)
+            status, error, retry_after, duration_ms, response = await self._attempt(event, attempt)
             retryable = status is None or is_retryable_status(status)
             final = not retryable or not self.config.retry.should_retry(attempt)
             outcome = "failed" if retryable else "delivered"
             delay = None if final else self.config.retry.backoff.delay(attempt, retry_after)
-            self._on_attempt(Attempt(event, attempt, status, duration_ms, error, final, outcome, delay))
+            report = Attempt(event, attempt, status, duration_ms, error, final, outcome, delay, response)
+            self._on_attempt(report)
+            if on_attempt is not None:
+                on_attempt(report)
             if final:
                 total_ms = (time.monotonic() - started) * 1000
                 return DeliveryResult(event.id, outcome, status, attempt, total_ms, error)
@@ -178,41 +188,56 @@ class Forwarder:
             )
             await self._sleep(delay)
 
-    async def _attempt(self, event: Event, attempt: int) -> tuple[int | None, str | None, float | None, float]:
-        """Send once; returns status (None without an answer), error, Retry-After and duration."""
+    async def _attempt(self, event: Event, attempt: int) -> tuple[int | None, str | None, float | None, float, TargetResponse | None]:
+        """Send once; returns status (None without an answer), error, Retry-After, duration and the answer."""
         headers = forward_headers(event, self.config.target.authority, self.config.host_header)
         headers.append((ATTEMPT_HEADER, str(attempt).encode()))
         started = time.monotonic()
         try:
-            status, retry_after = await self._send(event, headers)
+            response = await self._send(event, headers)
         except asyncio.TimeoutError:
-            return None, f"timed out after {self.config.timeout:g} s", None, _elapsed_ms(started)
+            return None, f"timed out after {self.config.timeout:g} s", None, _elapsed_ms(started), None
         except (aiohttp.ClientError, RawRequestError, OSError) as exc:
-            return None, _describe(exc), None, _elapsed_ms(started)
+            return None, _describe(exc), None, _elapsed_ms(started), None
+        status = response.status
         error = None if status < 400 else f"HTTP {status}"
-        return status, error, parse_retry_after(retry_after), _elapsed_ms(started)
+        retry_after = next((v for k, v in response.headers if k.lower() == b"retry-after"), None)
+        retry_delay = parse_retry_after(retry_after.decode("latin-1") if retry_after else None)
+        return status, error, retry_delay, _elapsed_ms(started), response if event.respond else None
 
-    async def _send(self, event: Event, headers: list[tuple[bytes, bytes]]) -> tuple[int, str | None]:
-        """Send one request; returns the status and the Retry-After value."""
+    async def _send(self, event: Event, headers: list[tuple[bytes, bytes]]) -> TargetResponse:
+        """Send one request and return the target's answer; its body is cut at the reading limit."""
         assert self._session is not None, "use the forwarder as an async context manager"
         path = self.config.target.url_for(event.target.decode("utf-8", "surrogateescape"))
         text_headers = as_text_headers(headers)
+        limit = _MAX_SENDER_ANSWER if event.respond else _MAX_RESPONSE_BODY
         if text_headers is None:
             raw_path = path[len(self.config.target.origin) :].encode("utf-8", "surrogateescape")
             answer = await rawhttp.exchange(
-                self.config.target, event.method, raw_path, headers, event.body,
-                timeout=self.config.timeout, max_body=_MAX_RESPONSE_BODY,
+                self.config.target, event.method, raw_path, headers, event.body, timeout=self.config.timeout, max_body=limit
             )
-            retry_after = next((v for k, v in answer.headers if k.lower() == b"retry-after"), None)
-            return answer.status, retry_after.decode("latin-1") if retry_after else None
+            return TargetResponse(event.id, answer.status, tuple(answer.headers), answer.body)
 
         # A GET or HEAD without a body must not gain a Content-Length: 0.
         data = event.body if event.body or event.method not in ("GET", "HEAD", "OPTIONS", "DELETE") else None
         async with self._session.request(
             event.method, URL(path, encoded=True), headers=text_headers, data=data, allow_redirects=False, compress=None
         ) as response:
-            await response.content.read(_MAX_RESPONSE_BODY)
-            return response.status, response.headers.get("Retry-After")
+            body = await _read_up_to(response.content, limit)
+            return TargetResponse(event.id, response.status, tuple(response.raw_headers), body)
+
+
+async def _read_up_to(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """Read the body until its end or ``limit`` bytes, whichever comes first."""
+    chunks: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await content.read(min(65536, limit - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
 
 
 def _elapsed_ms(started: float) -> float:

@@ -25,6 +25,7 @@ _READ_SIZE = 65536
 class RawResponse:
     status: int
     headers: list[tuple[bytes, bytes]]
+    body: bytes
 
 
 class RawRequestError(Exception):
@@ -41,7 +42,7 @@ async def exchange(
     timeout: float,
     max_body: int,
 ) -> RawResponse:
-    """Send the request and read the answer, discarding its body past ``max_body`` bytes."""
+    """Send the request and read the answer, keeping at most ``max_body`` bytes of its body."""
     async with asyncio.timeout(timeout):
         context = ssl.create_default_context() if target.scheme == "https" else None
         reader, writer = await asyncio.open_connection(target.host.strip("[]"), target.port, ssl=context)
@@ -75,6 +76,7 @@ def _write_request(
 
 async def _read_response(reader: asyncio.StreamReader, connection: h11.Connection, max_body: int) -> RawResponse:
     response: h11.Response | None = None
+    chunks: list[bytes] = []
     read = 0
     while True:
         event = connection.next_event()
@@ -83,11 +85,12 @@ async def _read_response(reader: asyncio.StreamReader, connection: h11.Connectio
         elif isinstance(event, h11.Response):
             response = event
         elif isinstance(event, h11.Data):
+            chunks.append(event.data[: max(0, max_body - read)])
             read += len(event.data)
-            if read > max_body:
+            if read >= max_body:
                 break
         elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
             break
     if response is None:
         raise RawRequestError("the target closed the connection without an answer")
-    return RawResponse(response.status_code, list(response.headers.raw_items()))
+    return RawResponse(response.status_code, list(response.headers.raw_items()), b"".join(chunks))

@@ -32,8 +32,7 @@ import platformdirs
 from relay_client.errors import UsageError
 
 CONFIG_DIR_ENV = "HOOKRELAY_CONFIG_DIR"
-COMMANDS = ("listen", "serve", "channel")
-CHANNEL_SUBCOMMANDS = ("create", "list", "show", "rotate-token")
+CHANNEL_SUBCOMMANDS = ("create", "list", "show", "update", "rotate-token")
 
 
 def config_dir() -> Path:
@@ -60,6 +59,10 @@ def default_map(config: dict[str, Any]) -> dict[str, Any]:
         result[command] = shared | {_option(k): v for k, v in config.get(command, {}).items()}
     channel = shared | {_option(k): v for k, v in config.get("channel", {}).items()}
     result["channel"] = {sub: channel for sub in CHANNEL_SUBCOMMANDS}
+    events = shared | {_option(k): v for k, v in config.get("events", {}).items()}
+    result["events"] = {sub: events for sub in ("list", "show", "replay", "delete")}
+    result["replay"] = shared
+    result["send"] = shared
     return result
 
 

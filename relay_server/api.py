@@ -17,6 +17,7 @@ from aiohttp import web
 
 from relay_server.ids import hash_token, new_channel_id, new_token, token_matches
 from relay_server.ingest import json_error
+from relay_server.responses import ResponseSettings
 from relay_server.session import ListenerSession
 from relay_server.state import RelayState
 from relay_server.store.base import DEFAULT_GROUP, ChannelRecord
@@ -73,6 +74,7 @@ async def show_channel(request: web.Request) -> web.Response:
         "channel": channel_id,
         "url": state.ingest_url(channel_id),
         "created_at": channel.created_at,
+        "response": ResponseSettings.of(channel.settings).to_dict(),
         "backlog": await state.store.backlog(channel_id, DEFAULT_GROUP),
         "listeners": state.hub.listener_count(channel_id),
     }

@@ -14,7 +14,7 @@ import time
 
 from aiohttp import web
 
-from relay_server.api import add_routes
+from relay_server import api, history
 from relay_server.config import ServerConfig
 from relay_server.ingest import INGEST_PREFIX, handle_ingest
 from relay_server.protocol import CLOSE_GOING_AWAY
@@ -32,7 +32,8 @@ def build_app(state: RelayState) -> web.Application:
     # any other handler that reads a body.
     app = web.Application(client_max_size=state.config.max_body)
     app["state"] = state
-    add_routes(app)
+    api.add_routes(app)
+    history.add_routes(app)
     app.router.add_route("*", INGEST_PREFIX + "{channel}", handle_ingest)
     app.router.add_route("*", INGEST_PREFIX + "{channel}/{tail:.*}", handle_ingest)
     app.on_shutdown.append(_close_sessions)

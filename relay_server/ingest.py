@@ -20,6 +20,7 @@ from aiohttp import web
 from relay_server.errors import ChannelFull, StoreError
 from relay_server.event_types import detect_event_type
 from relay_server.ids import new_event_id
+from relay_server.responses import ResponseSettings, answer_sender
 from relay_server.state import RelayState
 from relay_server.store.base import NewEvent
 
@@ -75,6 +76,10 @@ async def handle_ingest(request: web.Request) -> web.StreamResponse:
     if body is None:
         return _too_large(state.config.max_body)
 
+    settings = ResponseSettings.of(channel.settings)
+    received_at = time.time()
+    # A sync sender waits only when a listener is there to produce the answer.
+    waits = settings.mode == "sync" and state.hub.listener_count(channel_id) > 0
     event = NewEvent(
         id=new_event_id(),
         channel=channel_id,
@@ -82,24 +87,33 @@ async def handle_ingest(request: web.Request) -> web.StreamResponse:
         target=tail,
         headers=tuple(request.raw_headers),
         body=body,
-        received_at=time.time(),
+        received_at=received_at,
         remote=request.remote or "",
         scheme=request.scheme,
         event_type=detect_event_type(tuple(request.raw_headers), body),
+        respond_until=received_at + settings.timeout if waits else None,
     )
+    waiting = state.hub.expect_response(event.id) if waits else None
     try:
         await state.store.append(event)
-    except ChannelFull as exc:
-        logger.warning("ingest rejected channel=%s event_id=%s: %s", channel_id, event.id, exc)
-        return json_error(429, "channel_full", f"{exc}; start a listener to drain it", **{"Retry-After": "60"})
     except StoreError as exc:
-        logger.error("ingest failed channel=%s event_id=%s: %s", channel_id, event.id, exc)
-        return json_error(503, "store_unavailable", "the relay could not store the event; retry later", **{"Retry-After": "5"})
+        state.hub.forget_response(event.id)
+        return _store_failed(channel_id, event.id, exc)
 
     state.hub.notify(channel_id)
     if logger.isEnabledFor(logging.DEBUG):
         logger.debug("event stored channel=%s event_id=%s method=%s bytes=%d", channel_id, event.id, event.method, len(body))
+    if settings.mode == "sync":
+        return await answer_sender(state, channel_id, event.id, waiting, settings)
     return web.json_response({"id": event.id}, status=202)
+
+
+def _store_failed(channel_id: str, event_id: str, exc: StoreError) -> web.Response:
+    if isinstance(exc, ChannelFull):
+        logger.warning("ingest rejected channel=%s event_id=%s: %s", channel_id, event_id, exc)
+        return json_error(429, "channel_full", f"{exc}; start a listener to drain it", **{"Retry-After": "60"})
+    logger.error("ingest failed channel=%s event_id=%s: %s", channel_id, event_id, exc)
+    return json_error(503, "store_unavailable", "the relay could not store the event; retry later", **{"Retry-After": "5"})
 
 
 def _too_large(limit: int) -> web.Response:

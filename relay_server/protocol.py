@@ -12,7 +12,11 @@ Frames travel as websocket messages:
   ``E``, a 4-byte big-endian length of a JSON header, the header, then the
   raw body. The body is never base64-encoded or re-encoded.
 * listener → relay, text: ``ack`` frames that carry the outcome of one or
-  more deliveries (delivered, failed, skipped) with the target's status.
+  more deliveries (delivered, failed, skipped) with the target's status,
+  and ``attempt`` frames for each failed attempt that will be retried.
+* listener → relay, binary: ``response`` frames (tag ``R``) with the
+  target's status, headers and body, for events the relay marked
+  ``respond`` because a sender is waiting for that answer.
 
 Header names and values, the request target and the remote address are
 carried as "byte strings in JSON": each byte maps to the code point of the
@@ -35,6 +39,11 @@ __all__ = [
     "Welcome",
     "encode_event",
     "decode_event",
+    "TargetResponse",
+    "encode_response",
+    "decode_response",
+    "AttemptReport",
+    "encode_attempt",
     "encode_welcome",
     "encode_ack",
     "encode_error",
@@ -45,6 +54,7 @@ __all__ = [
 
 PROTOCOL_VERSION = 1
 EVENT_TAG = b"E"
+RESPONSE_TAG = b"R"
 _LENGTH = struct.Struct(">I")
 
 # Outcomes a listener may report for an event it received.
@@ -95,6 +105,10 @@ class Event:
     scheme: str = "http"
     delivery_count: int = 1
     event_type: str | None = None
+    # Unix time until which a sender waits for the target's answer (sync
+    # channels); the relay sets ``respond`` on the frame while it is ahead.
+    respond_until: float | None = None
+    respond: bool = False
 
     def header(self, name: str) -> bytes | None:
         """Return the first value of header ``name`` (case-insensitive), if any."""
@@ -179,25 +193,35 @@ def encode_event(event: Event) -> bytes:
         "scheme": event.scheme,
         "delivery_count": event.delivery_count,
         "event_type": event.event_type,
+        "respond": event.respond,
     }
+    return _binary_frame(EVENT_TAG, header, event.body)
+
+
+def _binary_frame(tag: bytes, header: dict[str, Any], body: bytes) -> bytes:
     head = json.dumps(header, separators=(",", ":")).encode()
-    return b"".join((EVENT_TAG, _LENGTH.pack(len(head)), head, event.body))
+    return b"".join((tag, _LENGTH.pack(len(head)), head, body))
+
+
+def _split_binary(frame: bytes, tag: bytes, kind: str) -> tuple[dict[str, Any], bytes]:
+    view = memoryview(frame)
+    if len(view) < 5 or view[:1] != tag:
+        raise ProtocolError(f"binary frame does not start with the {kind} tag")
+    (length,) = _LENGTH.unpack_from(view, 1)
+    if 5 + length > len(view):
+        raise ProtocolError(f"{kind} header length {length} exceeds the frame")
+    try:
+        header = json.loads(bytes(view[5 : 5 + length]))
+    except ValueError as exc:
+        raise ProtocolError(f"{kind} header is not valid JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError(f"{kind} header must be a JSON object")
+    return header, bytes(view[5 + length :])
 
 
 def decode_event(frame: bytes) -> Event:
     """Parse a binary event frame; raises :class:`ProtocolError` on any defect."""
-    view = memoryview(frame)
-    if len(view) < 5 or view[:1] != EVENT_TAG:
-        raise ProtocolError("binary frame does not start with the event tag")
-    (length,) = _LENGTH.unpack_from(view, 1)
-    if 5 + length > len(view):
-        raise ProtocolError(f"event header length {length} exceeds the frame")
-    try:
-        header = json.loads(bytes(view[5 : 5 + length]))
-    except ValueError as exc:
-        raise ProtocolError(f"event header is not valid JSON: {exc}") from None
-    if not isinstance(header, dict):
-        raise ProtocolError("event header must be a JSON object")
+    header, body = _split_binary(frame, EVENT_TAG, "event")
     return Event(
         id=_require(header, "id", str),
         channel=_require(header, "channel", str),
@@ -205,13 +229,60 @@ def decode_event(frame: bytes) -> Event:
         method=_require(header, "method", str),
         target=wire_to_bytes(_require(header, "target", str)),
         headers=_decode_headers(header.get("headers")),
-        body=bytes(view[5 + length :]),
+        body=body,
         received_at=float(header.get("received_at") or 0.0),
         remote=str(header.get("remote") or ""),
         scheme=str(header.get("scheme") or "http"),
         delivery_count=_optional_int(header, "delivery_count", 1),
         event_type=header.get("event_type") if isinstance(header.get("event_type"), str) else None,
+        respond=header.get("respond") is True,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class TargetResponse:
+    """The target's answer to an event, carried back for a waiting sender."""
+
+    event_id: str
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+
+
+def encode_response(response: TargetResponse) -> bytes:
+    header = {
+        "id": response.event_id,
+        "status": response.status,
+        "headers": [[bytes_to_wire(k), bytes_to_wire(v)] for k, v in response.headers],
+    }
+    return _binary_frame(RESPONSE_TAG, header, response.body)
+
+
+def decode_response(frame: bytes) -> TargetResponse:
+    header, body = _split_binary(frame, RESPONSE_TAG, "response")
+    status = _require(header, "status", int)
+    if not 100 <= status <= 599:
+        raise ProtocolError(f"response status {status} is outside 100-599")
+    return TargetResponse(_require(header, "id", str), status, _decode_headers(header.get("headers")), body)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptReport:
+    """One failed attempt that the listener will retry, for the event's history."""
+
+    event_id: str
+    attempt: int
+    status: int | None
+    duration_ms: float
+    error: str | None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": "attempt", "id": self.event_id, "attempt": self.attempt, "status": self.status,
+                "duration_ms": round(self.duration_ms, 3), "error": self.error}
+
+
+def encode_attempt(report: AttemptReport) -> str:
+    return json.dumps(report.to_wire(), separators=(",", ":"))
 
 
 def encode_welcome(welcome: Welcome) -> str:
@@ -255,6 +326,18 @@ def decode_text(text: str) -> dict[str, Any]:
         message["results"] = [DeliveryResult.from_wire(item) for item in results]
     elif kind == "welcome":
         message["welcome"] = _decode_welcome(message)
+    elif kind == "attempt":
+        status = message.get("status")
+        if status is not None and (not isinstance(status, int) or isinstance(status, bool)):
+            raise ProtocolError("attempt status must be an integer or null")
+        error = message.get("error")
+        message["report"] = AttemptReport(
+            event_id=_require(message, "id", str),
+            attempt=_require(message, "attempt", int),
+            status=status,
+            duration_ms=float(message.get("duration_ms") or 0.0),
+            error=error if isinstance(error, str) else None,
+        )
     elif kind != "error":
         raise ProtocolError(f"unknown frame type {kind!r}")
     return message

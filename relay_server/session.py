@@ -10,16 +10,20 @@ the group and the next claim redelivers them with the same ids.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
+import time
 
 from aiohttp import WSMsgType, web
 
 from relay_server.errors import StoreError
 from relay_server.protocol import (
     CLOSE_PROTOCOL_ERROR,
+    AttemptReport,
     ProtocolError,
     Welcome,
+    decode_response,
     decode_text,
     encode_error,
     encode_event,
@@ -81,6 +85,9 @@ class ListenerSession:
             events = await self.state.store.claim(self.channel, self.group, self.consumer, room) if room > 0 else []
             for event in events:
                 self.in_flight.add(event.id)
+                if event.respond_until is not None and time.time() < event.respond_until:
+                    # A sender still waits for this event's answer.
+                    event = dataclasses.replace(event, respond=True)
                 await self.ws.send_bytes(encode_event(event))
             if not events:
                 await self.wakeup.wait()
@@ -90,15 +97,27 @@ class ListenerSession:
             if message.type == WSMsgType.TEXT:
                 await self._handle_text(message.data)
             elif message.type == WSMsgType.BINARY:
-                await self._protocol_error("listeners send text frames only")
+                await self._handle_binary(message.data)
             elif message.type == WSMsgType.ERROR:
                 logger.warning("listener connection error consumer=%s: %s", self.consumer, self.ws.exception())
+
+    async def _handle_binary(self, frame: bytes) -> None:
+        try:
+            response = decode_response(frame)
+        except ProtocolError as exc:
+            await self._protocol_error(str(exc))
+            return
+        if not self.state.hub.deliver_response(response):
+            logger.info("target answer arrived after the sender stopped waiting event_id=%s", response.event_id)
 
     async def _handle_text(self, text: str) -> None:
         try:
             message = decode_text(text)
         except ProtocolError as exc:
             await self._protocol_error(str(exc))
+            return
+        if message["type"] == "attempt":
+            await self._record_attempt(message["report"])
             return
         if message["type"] != "ack":
             return
@@ -113,6 +132,15 @@ class ListenerSession:
             self.in_flight.discard(result.event_id)
             logger.debug("event acked channel=%s event_id=%s outcome=%s", self.channel, result.event_id, result.outcome)
         self.wakeup.set()
+        self.state.hub.touch(self.channel)
+
+    async def _record_attempt(self, report: AttemptReport) -> None:
+        try:
+            await self.state.store.record_attempt(self.channel, self.group, report)
+        except StoreError as exc:
+            logger.error("attempt not stored consumer=%s event_id=%s: %s", self.consumer, report.event_id, exc)
+            return
+        self.state.hub.touch(self.channel)
 
     async def _protocol_error(self, reason: str) -> None:
         logger.warning("protocol error consumer=%s: %s", self.consumer, reason)

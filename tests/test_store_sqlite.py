@@ -8,7 +8,7 @@ import pytest
 from relay_server.errors import ChannelFull
 from relay_server.ids import hash_token
 from relay_server.protocol import DeliveryResult
-from relay_server.store import ChannelRecord, NewEvent, Retention, SQLiteStore
+from relay_server.store import ChannelRecord, EventQuery, NewEvent, Retention, SQLiteStore
 
 
 def new_event(channel, n, body=None):
@@ -165,3 +165,105 @@ async def test_close_twice_is_harmless(tmp_path):
     await store.open()
     await store.close()
     await store.close()
+
+
+async def finish(store, event_id, outcome="delivered", status=200, attempts=1):
+    await store.ack("ch_a", "default", [DeliveryResult(event_id, outcome, status, attempts, 2.0, None if status and status < 400 else "HTTP 500")])
+
+
+async def test_history_lists_newest_first_with_state(store):
+    """History shows every event newest first with its state for the group."""
+    await append_many(store, "ch_a", 3)
+    taken = await store.claim("ch_a", "default", "c1", 2)
+    await finish(store, taken[0].id)
+    await finish(store, taken[1].id, "failed", 503, 10)
+    rows = await store.list_events("ch_a", EventQuery())
+    assert [r.id for r in rows] == ["evt_ch_a_00002", "evt_ch_a_00001", "evt_ch_a_00000"]
+    assert [(r.state, r.status, r.attempts) for r in rows] == [("pending", None, 0), ("failed", 503, 10), ("delivered", 200, 1)]
+
+
+@pytest.mark.parametrize(
+    "query, expected",
+    [
+        ({"state": "pending"}, [2, 1]),
+        ({"state": "delivered"}, [0]),
+        ({"method": "PUT"}, []),
+        ({"text": "/n/1"}, [1]),
+        ({"before": 2}, [1, 0]),
+        ({"after": 1}, [2]),
+        ({"limit": 1}, [2]),
+    ],
+)
+async def test_history_filters(store, query, expected):
+    """Each history filter narrows the list as documented; before/after name an event by index."""
+    seqs = sorted(await append_many(store, "ch_a", 3))
+    [first] = await store.claim("ch_a", "default", "c1", 1)
+    await finish(store, first.id)
+    for key in ("before", "after"):
+        if key in query:
+            query = {**query, key: seqs[query[key]]}
+    query = EventQuery(**query)
+    rows = await store.list_events("ch_a", query)
+    assert [r.id for r in rows] == [f"evt_ch_a_{n:05d}" for n in expected]
+
+
+async def test_history_filters_event_type_by_prefix(tmp_path):
+    """Filtering on ``issues`` finds ``issues.opened`` but not ``issue_comment``."""
+    async with SQLiteStore(tmp_path) as store:
+        await store.create_channel(ChannelRecord("ch_a", b"h", time.time()))
+        for n, kind in enumerate(["issues.opened", "issue_comment.created", "issues"]):
+            await store.append(NewEvent(f"evt_{n}", "ch_a", "POST", b"", (), b"", time.time(), event_type=kind))
+        rows = await store.list_events("ch_a", EventQuery(event_type="issues"))
+    assert [r.id for r in rows] == ["evt_2", "evt_0"]
+
+
+async def test_event_detail_has_attempts_and_outcome(store):
+    """Failed attempts reported along the way and the final one appear in detail."""
+    from relay_server.protocol import AttemptReport
+
+    await store.append(new_event("ch_a", 0))
+    [event] = await store.claim("ch_a", "default", "c1", 1)
+    await store.record_attempt("ch_a", "default", AttemptReport(event.id, 1, 502, 3.0, "HTTP 502"))
+    await finish(store, event.id, attempts=2)
+    detail = await store.get_event("ch_a", event.id)
+    assert detail.event.body == event.body
+    assert [(a.attempt, a.status) for a in detail.attempts] == [(1, 502), (2, 200)]
+    assert [(o.group, o.outcome, o.status) for o in detail.outcomes] == [("default", "delivered", 200)]
+    assert await store.get_event("ch_b", event.id) is None
+
+
+async def test_replay_delivers_again_with_same_id(store):
+    """A replayed event comes back to the group with the same id and shows pending."""
+    await store.append(new_event("ch_a", 0))
+    [event] = await store.claim("ch_a", "default", "c1", 1)
+    await finish(store, event.id)
+    assert await store.replay("ch_a", event.id, "default") is True
+    [again] = await store.claim("ch_a", "default", "c2", 5)
+    assert again.id == event.id
+    assert (await store.list_events("ch_a", EventQuery()))[0].state == "pending"
+    assert await store.replay("ch_a", "evt_missing", "default") is False
+
+
+async def test_delete_removes_event_and_history(store):
+    """A deleted event is gone from history, detail and the pending list."""
+    await store.append(new_event("ch_a", 0))
+    [event] = await store.claim("ch_a", "default", "c1", 1)
+    assert await store.delete_event("ch_a", event.id) is True
+    assert await store.get_event("ch_a", event.id) is None
+    assert await store.backlog("ch_a", "default") == 0
+    assert await store.delete_event("ch_a", event.id) is False
+
+
+async def test_settings_and_answer_are_kept(tmp_path):
+    """Channel settings and a sender's answer survive a reopen."""
+    from relay_server.store import SenderAnswer
+
+    async with SQLiteStore(tmp_path) as store:
+        await store.create_channel(ChannelRecord("ch_a", b"h", time.time()))
+        await store.update_settings("ch_a", {"response": {"mode": "sync"}})
+        await store.append(new_event("ch_a", 0))
+        await store.record_answer("ch_a", "evt_ch_a_00000", SenderAnswer(200, ((b"X-A", b"\xe9"),), b"\x00\xff", "target", 1.0))
+    async with SQLiteStore(tmp_path) as store:
+        assert (await store.get_channel("ch_a")).settings == {"response": {"mode": "sync"}}
+        detail = await store.get_event("ch_a", "evt_ch_a_00000")
+    assert detail.answer == SenderAnswer(200, ((b"X-A", b"\xe9"),), b"\x00\xff", "target", 1.0)

@@ -17,7 +17,7 @@ import abc
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay_server.protocol import DeliveryResult, Event
+from relay_server.protocol import AttemptReport, DeliveryResult, Event
 
 DEFAULT_GROUP = "default"
 
@@ -46,6 +46,93 @@ class NewEvent:
     remote: str = ""
     scheme: str = "http"
     event_type: str | None = None
+    respond_until: float | None = None
+
+
+# States an event has for one group, as history shows and filters them.
+EVENT_STATES = ("pending", "delivered", "failed", "skipped")
+
+
+@dataclass(frozen=True, slots=True)
+class EventQuery:
+    """Filters for listing a channel's history, newest first.
+
+    ``before`` and ``after`` are sequence numbers: ``before`` pages back in
+    history, ``after`` asks for what arrived since a given event.
+    """
+
+    group: str = DEFAULT_GROUP
+    state: str | None = None
+    method: str | None = None
+    event_type: str | None = None
+    since: float | None = None
+    until: float | None = None
+    text: str | None = None
+    before: int | None = None
+    after: int | None = None
+    limit: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class EventSummary:
+    """One row of a channel's history."""
+
+    id: str
+    seq: int
+    method: str
+    target: bytes
+    event_type: str | None
+    received_at: float
+    size: int
+    state: str
+    status: int | None
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one group finished with an event."""
+
+    group: str
+    outcome: str
+    status: int | None
+    attempts: int
+    duration_ms: float
+    error: str | None
+    finished_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """One delivery attempt as history shows it."""
+
+    group: str
+    attempt: int
+    status: int | None
+    duration_ms: float
+    error: str | None
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class SenderAnswer:
+    """What a sender of a sync channel received: the target's answer or the fallback."""
+
+    status: int
+    headers: tuple[tuple[bytes, bytes], ...]
+    body: bytes
+    source: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class EventDetail:
+    """One event in full, with its outcomes, attempts and the sender's answer."""
+
+    event: Event
+    outcomes: tuple[Outcome, ...]
+    attempts: tuple[AttemptRecord, ...]
+    answer: SenderAnswer | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +205,38 @@ class EventStore(abc.ABC):
     @abc.abstractmethod
     async def backlog(self, channel: str, group: str) -> int:
         """Count the events ``group`` has still to acknowledge (pending plus unread)."""
+
+    @abc.abstractmethod
+    async def update_settings(self, channel_id: str, settings: dict[str, Any]) -> ChannelRecord:
+        """Replace a channel's settings and return the updated channel."""
+
+    @abc.abstractmethod
+    async def record_attempt(self, channel: str, group: str, report: AttemptReport) -> None:
+        """Keep a failed attempt in the event's history."""
+
+    @abc.abstractmethod
+    async def record_answer(self, channel: str, event_id: str, answer: SenderAnswer) -> None:
+        """Keep what the sender of a sync channel received."""
+
+    @abc.abstractmethod
+    async def list_events(self, channel: str, query: EventQuery) -> list[EventSummary]:
+        """Return the channel's events matching ``query``, newest first."""
+
+    @abc.abstractmethod
+    async def get_event(self, channel: str, event_id: str) -> EventDetail | None:
+        """Return one event in full, or None when it is not in this channel."""
+
+    @abc.abstractmethod
+    async def delete_event(self, channel: str, event_id: str) -> bool:
+        """Remove an event and its history; returns False when it did not exist."""
+
+    @abc.abstractmethod
+    async def replay(self, channel: str, event_id: str, group: str) -> bool:
+        """Queue an event again for ``group``, with the same id; False when it does not exist.
+
+        The group's outcome for the event is cleared, so history shows it
+        pending until the next delivery finishes.
+        """
 
     @abc.abstractmethod
     async def prune(self, now: float) -> int:

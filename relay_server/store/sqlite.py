@@ -26,8 +26,20 @@ from pathlib import Path
 from typing import Any
 
 from relay_server.errors import ChannelFull, StoreError
-from relay_server.protocol import DeliveryResult, Event
-from relay_server.store.base import DEFAULT_GROUP, ChannelRecord, EventStore, NewEvent, Retention
+from relay_server.protocol import AttemptReport, DeliveryResult, Event
+from relay_server.store.base import (
+    DEFAULT_GROUP,
+    AttemptRecord,
+    ChannelRecord,
+    EventDetail,
+    EventQuery,
+    EventStore,
+    EventSummary,
+    NewEvent,
+    Outcome,
+    Retention,
+    SenderAnswer,
+)
 
 logger = logging.getLogger("hookrelay.server.store")
 
@@ -49,7 +61,8 @@ CREATE TABLE IF NOT EXISTS events (
     body BLOB NOT NULL,
     remote TEXT NOT NULL,
     scheme TEXT NOT NULL,
-    event_type TEXT
+    event_type TEXT,
+    respond_until REAL
 );
 CREATE INDEX IF NOT EXISTS events_by_channel ON events (channel, seq);
 CREATE INDEX IF NOT EXISTS events_by_age ON events (received_at);
@@ -79,9 +92,30 @@ CREATE TABLE IF NOT EXISTS outcomes (
     finished_at REAL NOT NULL,
     PRIMARY KEY (event_id, grp)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS attempts (
+    event_id TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    status INTEGER,
+    duration_ms REAL NOT NULL,
+    error TEXT,
+    at REAL NOT NULL,
+    PRIMARY KEY (event_id, grp, attempt)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS answers (
+    event_id TEXT PRIMARY KEY,
+    status INTEGER NOT NULL,
+    headers TEXT NOT NULL,
+    body BLOB NOT NULL,
+    source TEXT NOT NULL,
+    at REAL NOT NULL
+) WITHOUT ROWID;
 """
 
-_EVENT_COLUMNS = "seq, id, channel, received_at, method, target, headers, body, remote, scheme, event_type"
+# Columns added after the first release, created on databases that lack them.
+_ADDED_COLUMNS = {"events": {"respond_until": "REAL"}}
+
+_EVENT_COLUMNS = "seq, id, channel, received_at, method, target, headers, body, remote, scheme, event_type, respond_until"
 
 # Share of a full channel pruned at once, so a channel at its limit does not
 # run a delete for every single append.
@@ -152,6 +186,7 @@ class SQLiteStore(EventStore):
         conn.execute("PRAGMA foreign_keys=OFF")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.executescript(SCHEMA)
+        _add_missing_columns(conn)
 
         # Consumers of a previous run are gone: their pending events go back
         # to their groups so the next listener gets them again.
@@ -261,7 +296,7 @@ class SQLiteStore(EventStore):
             if count >= self.retention.max_events:
                 raise ChannelFull(event.channel, self.retention.max_events)
         cursor = conn.execute(
-            f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 event.id,
                 event.channel,
@@ -273,6 +308,7 @@ class SQLiteStore(EventStore):
                 event.remote,
                 event.scheme,
                 event.event_type,
+                event.respond_until,
             ),
         )
         self._counts[event.channel] = count + 1
@@ -366,6 +402,10 @@ class SQLiteStore(EventStore):
     def _ack(self, conn: sqlite3.Connection, channel: str, group: str, results: list[DeliveryResult]) -> int:
         now = self._clock()
         removed = 0
+        conn.executemany(
+            "INSERT OR REPLACE INTO attempts (event_id, grp, attempt, status, duration_ms, error, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(r.event_id, group, r.attempts, r.status, r.duration_ms, r.error, now) for r in results if r.outcome != "skipped"],
+        )
         for result in results:
             removed += conn.execute(
                 "DELETE FROM pending WHERE channel = ? AND grp = ? AND seq = (SELECT seq FROM events WHERE id = ? AND channel = ?)",
@@ -397,6 +437,98 @@ class SQLiteStore(EventStore):
 
         return await self._read(count)
 
+    async def update_settings(self, channel_id: str, settings: dict[str, Any]) -> ChannelRecord:
+        def update(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE channels SET settings = ? WHERE id = ?", (json.dumps(settings), channel_id))
+
+        await self._submit(update)
+        old = self._channels[channel_id]
+        self._channels[channel_id] = ChannelRecord(old.id, old.token_hash, old.created_at, dict(settings))
+        return self._channels[channel_id]
+
+    async def record_attempt(self, channel: str, group: str, report: AttemptReport) -> None:
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO attempts (event_id, grp, attempt, status, duration_ms, error, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (report.event_id, group, report.attempt, report.status, report.duration_ms, report.error, self._clock()),
+            )
+
+        await self._submit(insert)
+
+    async def record_answer(self, channel: str, event_id: str, answer: SenderAnswer) -> None:
+        def insert(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO answers (event_id, status, headers, body, source, at) VALUES (?, ?, ?, ?, ?, ?)",
+                (event_id, answer.status, _encode_headers(answer.headers), answer.body, answer.source, answer.at),
+            )
+
+        await self._submit(insert)
+
+    async def list_events(self, channel: str, query: EventQuery) -> list[EventSummary]:
+        sql, params = _history_query(channel, query)
+
+        def select(conn: sqlite3.Connection) -> list[EventSummary]:
+            return [EventSummary(*row[:3], bytes(row[3]), *row[4:]) for row in conn.execute(sql, params)]
+
+        return await self._read(select)
+
+    async def get_event(self, channel: str, event_id: str) -> EventDetail | None:
+        def select(conn: sqlite3.Connection) -> EventDetail | None:
+            row = conn.execute(f"SELECT {_EVENT_COLUMNS} FROM events WHERE id = ? AND channel = ?", (event_id, channel)).fetchone()
+            if row is None:
+                return None
+            outcomes = tuple(
+                Outcome(*item)
+                for item in conn.execute(
+                    "SELECT grp, outcome, status, attempts, duration_ms, error, finished_at FROM outcomes WHERE event_id = ? ORDER BY grp",
+                    (event_id,),
+                )
+            )
+            attempts = tuple(
+                AttemptRecord(*item)
+                for item in conn.execute(
+                    "SELECT grp, attempt, status, duration_ms, error, at FROM attempts WHERE event_id = ? ORDER BY at, attempt",
+                    (event_id,),
+                )
+            )
+            answer = conn.execute("SELECT status, headers, body, source, at FROM answers WHERE event_id = ?", (event_id,)).fetchone()
+            return EventDetail(_row_to_event(row, 1), outcomes, attempts, _row_to_answer(answer) if answer else None)
+
+        return await self._read(select)
+
+    async def delete_event(self, channel: str, event_id: str) -> bool:
+        def delete(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT seq FROM events WHERE id = ? AND channel = ?", (event_id, channel)).fetchone()
+            if row is None:
+                return False
+            conn.execute("DELETE FROM pending WHERE channel = ? AND seq = ?", (channel, row[0]))
+            conn.execute("DELETE FROM events WHERE seq = ?", (row[0],))
+            for table in ("outcomes", "attempts", "answers"):
+                conn.execute(f"DELETE FROM {table} WHERE event_id = ?", (event_id,))
+            self._counts.pop(channel, None)
+            return True
+
+        return await self._submit(delete)
+
+    async def replay(self, channel: str, event_id: str, group: str) -> bool:
+        def requeue(conn: sqlite3.Connection) -> bool:
+            row = conn.execute("SELECT seq FROM events WHERE id = ? AND channel = ?", (event_id, channel)).fetchone()
+            if row is None:
+                return False
+            seq = row[0]
+            if seq > self._group_cursor(conn, channel, group):
+                # The group has not read it yet: it will arrive anyway.
+                return True
+            conn.execute(
+                "INSERT INTO pending (channel, grp, seq, consumer, delivery_count, delivered_at) VALUES (?, ?, ?, NULL, 1, ?)"
+                " ON CONFLICT (channel, grp, seq) DO UPDATE SET consumer = NULL",
+                (channel, group, seq, self._clock()),
+            )
+            conn.execute("DELETE FROM outcomes WHERE event_id = ? AND grp = ?", (event_id, group))
+            return True
+
+        return await self._submit(requeue)
+
     async def prune(self, now: float) -> int:
         cutoff = now - self.retention.max_age
 
@@ -404,6 +536,8 @@ class SQLiteStore(EventStore):
             expired = conn.execute("SELECT channel, seq FROM events WHERE received_at < ?", (cutoff,)).fetchall()
             conn.executemany("DELETE FROM pending WHERE channel = ? AND seq = ?", expired)
             conn.execute("DELETE FROM events WHERE received_at < ?", (cutoff,))
+            for table in ("outcomes", "attempts", "answers"):
+                conn.execute(f"DELETE FROM {table} WHERE event_id NOT IN (SELECT id FROM events)")
             for channel, _ in expired:
                 self._counts.pop(channel, None)
             return len(expired)
@@ -418,8 +552,51 @@ def _encode_headers(headers: tuple[tuple[bytes, bytes], ...]) -> str:
     return json.dumps([[k.decode("latin-1"), v.decode("latin-1")] for k, v in headers], separators=(",", ":"))
 
 
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    for table, columns in _ADDED_COLUMNS.items():
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns.items():
+            if name not in present:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
+
+
+def _history_query(channel: str, query: EventQuery) -> tuple[str, list[Any]]:
+    """Build the SQL for :meth:`SQLiteStore.list_events`."""
+    state = "COALESCE(o.outcome, 'pending')"
+    clauses = ["e.channel = ?"]
+    params: list[Any] = [query.group, channel]
+    filters = [
+        (query.state, f"{state} = ?"),
+        (query.method, "e.method = ?"),
+        (query.event_type, "(e.event_type = ? OR e.event_type LIKE ? || '.%')"),
+        (query.since, "e.received_at >= ?"),
+        (query.until, "e.received_at < ?"),
+        (query.text, "instr(CAST(e.target AS TEXT), ?) > 0"),
+        (query.before, "e.seq < ?"),
+        (query.after, "e.seq > ?"),
+    ]
+    for value, clause in filters:
+        if value is None:
+            continue
+        clauses.append(clause)
+        params.extend([value, value] if clause.count("?") == 2 else [value])
+    sql = (
+        f"SELECT e.id, e.seq, e.method, e.target, e.event_type, e.received_at, length(e.body), {state},"
+        " o.status, COALESCE(o.attempts, 0)"
+        " FROM events e LEFT JOIN outcomes o ON o.event_id = e.id AND o.grp = ?"
+        f" WHERE {' AND '.join(clauses)} ORDER BY e.seq DESC LIMIT ?"
+    )
+    return sql, params + [max(1, min(query.limit, 1000))]
+
+
+def _row_to_answer(row: tuple[Any, ...]) -> SenderAnswer:
+    status, headers, body, source, at = row
+    pairs = tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in json.loads(headers))
+    return SenderAnswer(status, pairs, bytes(body), source, at)
+
+
 def _row_to_event(row: tuple[Any, ...], delivery_count: int) -> Event:
-    seq, event_id, channel, received_at, method, target, headers, body, remote, scheme, event_type = row
+    seq, event_id, channel, received_at, method, target, headers, body, remote, scheme, event_type, respond_until = row
     return Event(
         id=event_id,
         channel=channel,
@@ -433,4 +610,5 @@ def _row_to_event(row: tuple[Any, ...], delivery_count: int) -> Event:
         scheme=scheme,
         delivery_count=delivery_count,
         event_type=event_type,
+        respond_until=respond_until,
     )

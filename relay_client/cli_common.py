@@ -1,0 +1,65 @@
+"""Pieces every ``hookrelay`` command shares: exit statuses, options, consoles."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import sys
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from relay_client.config import DEFAULT_RELAY
+from relay_client.errors import UsageError
+from relay_client.runner import resolve_channel
+from relay_client.settings import ChannelBook, SavedChannel
+
+
+class ExitStatus(enum.IntEnum):
+    OK = 0
+    ERROR = 1
+    USAGE = 2
+    UNAUTHORIZED = 3
+    UNREACHABLE = 4
+    INTERRUPTED = 130
+
+
+# Logs, progress and errors; stdout carries data only.
+stderr = Console(stderr=True, soft_wrap=True, highlight=False)
+
+RelayOption = Annotated[str, typer.Option("--relay", envvar="HOOKRELAY_RELAY", help="Base URL of the relay.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print data as JSON on stdout.")]
+AdminTokenOption = Annotated[
+    Optional[str],
+    typer.Option("--admin-token", envvar="HOOKRELAY_ADMIN_TOKEN", help="Admin token, for relays that guard channel creation.", show_default=False),
+]
+ChannelOption = Annotated[
+    Optional[str],
+    typer.Option("--channel", envvar="HOOKRELAY_CHANNEL", help="Channel id; default: the one remembered for the relay.", show_default=False),
+]
+TokenOption = Annotated[
+    Optional[str],
+    typer.Option("--token", envvar="HOOKRELAY_TOKEN", help="The channel's token; default: the remembered one.", show_default=False),
+]
+
+__all__ = ["DEFAULT_RELAY", "ExitStatus", "stderr", "configure_logging", "known_channel"]
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("hookrelay")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False
+
+
+def known_channel(relay: str, channel: str | None, token: str | None) -> SavedChannel:
+    """Return the channel a command works on: given, or remembered for ``relay``; never created."""
+    book = ChannelBook()
+    if channel is None and book.default_for(relay) is None:
+        raise UsageError("--channel", None, f"no channel given and none is remembered for {relay}; pass --channel and --token")
+    saved, _ = asyncio.run(resolve_channel(relay, channel or book.default_for(relay).channel, token, None, book))
+    return saved
