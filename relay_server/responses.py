@@ -86,7 +86,9 @@ async def answer_sender(
     finally:
         state.hub.forget_response(event_id)
     await _record(state, channel, event_id, SenderAnswer(response.status, response.headers, response.body, "target", time.time()))
-    return _from_target(response)
+    answer = _from_target(response)
+    answer.headers["X-Hookrelay-Event-Id"] = event_id
+    return answer
 
 
 def _from_target(response: TargetResponse) -> web.Response:

@@ -1,0 +1,222 @@
+"""Sync channels: senders get the local server's real answer through a real relay and listener.
+
+The local app below answers each provider's endpoint handshake the way the
+provider documents it; the tests check the sender receives exactly that.
+"""
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+from urllib.parse import parse_qs
+
+import pytest
+from aiohttp import web
+
+from tests.support.http import send_request
+from tests.support.processes import Channel
+from tests.support.timing import MS, wait_until
+
+ZOOM_SECRET = b"zoom-test-secret"
+CONNECT_TIMEOUT = 15_000 * MS
+DELIVERY_TIMEOUT = 20_000 * MS
+TWIML = b'<?xml version="1.0" encoding="UTF-8"?><Response><Message>Thanks \xe2\x9c\x93</Message></Response>'
+BINARY = bytes(range(256)) * 4
+
+
+class HandshakeApp:
+    """A local server that implements the endpoint checks of several providers."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, str, str | None]] = []
+        self.stall = 0.0
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = self.runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.requests.append((request.method, request.path_qs, request.headers.get("X-Hookrelay-Event-Id")))
+        if self.stall:
+            await asyncio.sleep(self.stall)
+        route = request.path.strip("/")
+        if route == "slack":
+            challenge = json.loads(body)["challenge"]
+            return web.json_response({"challenge": challenge})
+        if route == "meta":
+            if request.query.get("hub.verify_token") != "meta-verify":
+                return web.Response(status=403)
+            return web.Response(text=request.query["hub.challenge"])
+        if route == "zoom":
+            plain = json.loads(body)["payload"]["plainToken"]
+            encrypted = hmac.new(ZOOM_SECRET, plain.encode(), hashlib.sha256).hexdigest()
+            return web.json_response({"plainToken": plain, "encryptedToken": encrypted})
+        if route == "graph":
+            return web.Response(text=request.query["validationToken"], content_type="text/plain")
+        if route == "dropbox":
+            headers = {"X-Content-Type-Options": "nosniff"}
+            return web.Response(text=request.query["challenge"], content_type="text/plain", headers=headers)
+        if route == "twilio":
+            assert parse_qs(body.decode())["Body"] == ["hello"]
+            return web.Response(body=TWIML, content_type="application/xml")
+        if route == "binary":
+            return web.Response(body=BINARY, status=201, headers={"Content-Type": "application/octet-stream", "X-Custom": "kept"})
+        return web.Response(status=404)
+
+
+@pytest.fixture
+async def app():
+    handshake = HandshakeApp()
+    await handshake.start()
+    try:
+        yield handshake
+    finally:
+        await handshake.stop()
+
+
+async def sync_channel(runner, relay_url: str, *options: str) -> Channel:
+    channel = await runner.create_channel(relay_url)
+    code, _, stderr = await runner.run(["channel", "update", "--relay", relay_url, "--channel", channel.id, "--token", channel.token, "--response", "sync", *options])
+    assert code == 0, stderr
+    return channel
+
+
+async def listening(runner, relay, channel: Channel, app: HandshakeApp):
+    listener = runner.start_listener(relay.url, channel, f"127.0.0.1:{app.port}")
+    await listener.wait_for_connection(relay.port, CONNECT_TIMEOUT)
+    return listener
+
+
+async def test_slack_url_verification(runner, shared_relay, app):
+    """Slack's url_verification challenge is echoed back to Slack as JSON."""
+    channel = await sync_channel(runner, shared_relay.url)
+    await listening(runner, shared_relay, channel, app)
+    body = b'{"token":"t","challenge":"3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P","type":"url_verification"}'
+    answer = await send_request(channel.url, headers=[("Content-Type", "application/json")], body=body, tail="/slack")
+    assert answer.status == 200
+    assert answer.json() == {"challenge": "3eZbrw1aBm2rZgRNFdxV2595E9CY3gmdALWMmHkvFXO7tYXAYM8P"}
+
+
+async def test_meta_hub_challenge_get(runner, shared_relay, app):
+    """Meta's GET with hub.challenge gets the challenge as the plain body."""
+    channel = await sync_channel(runner, shared_relay.url)
+    await listening(runner, shared_relay, channel, app)
+    query = "hub.mode=subscribe&hub.challenge=1158201444&hub.verify_token=meta-verify"
+    answer = await send_request(channel.url, method="GET", tail="/meta", query=query)
+    assert answer.status == 200
+    assert answer.body == b"1158201444"
+
+
+async def test_zoom_url_validation(runner, shared_relay, app):
+    """Zoom's endpoint.url_validation gets plainToken and its HMAC back."""
+    channel = await sync_channel(runner, shared_relay.url)
+    await listening(runner, shared_relay, channel, app)
+    body = b'{"event":"endpoint.url_validation","payload":{"plainToken":"qgg8vlvZRS6UYooatFL8Aw"},"event_ts":1654503849680}'
+    answer = await send_request(channel.url, headers=[("Content-Type", "application/json")], body=body, tail="/zoom")
+    expected = hmac.new(ZOOM_SECRET, b"qgg8vlvZRS6UYooatFL8Aw", hashlib.sha256).hexdigest()
+    assert answer.status == 200
+    assert answer.json() == {"plainToken": "qgg8vlvZRS6UYooatFL8Aw", "encryptedToken": expected}
+
+
+async def test_microsoft_graph_validation_token(runner, shared_relay, app):
+    """Graph's validationToken comes back as text/plain well within its 10 s limit."""
+    channel = await sync_channel(runner, shared_relay.url)
+    await listening(runner, shared_relay, channel, app)
+    started = time.monotonic()
+    answer = await send_request(channel.url, tail="/graph", query="validationToken=Validation%3a+Testing+client+application")
+    assert answer.status == 200
+    assert answer.body == b"Validation: Testing client application"
+    assert answer.header("Content-Type").startswith("text/plain")
+    assert time.monotonic() - started < 10
+
+
+async def test_dropbox_challenge(runner, shared_relay, app):
+    """Dropbox's GET challenge is echoed with its headers."""
+    channel = await sync_channel(runner, shared_relay.url)
+    await listening(runner, shared_relay, channel, app)
+    answer = await send_request(channel.url, method="GET", tail="/dropbox", query="challenge=KCoZY2RvQlE8jGnq")
+    assert answer.status == 200
+    assert answer.body == b"KCoZY2RvQlE8jGnq"
+    assert answer.header("X-Content-Type-Options") == "nosniff"
+
+
+async def test_twiml_reply(runner, shared_relay, app):
+    """Twilio reads TwiML from the answer: the XML arrives byte for byte."""
+    channel = await sync_channel(runner, shared_relay.url)
+    await listening(runner, shared_relay, channel, app)
+    headers = [("Content-Type", "application/x-www-form-urlencoded")]
+    answer = await send_request(channel.url, headers=headers, body=b"From=%2B15551234567&Body=hello", tail="/twilio")
+    assert answer.status == 200
+    assert answer.body == TWIML
+    assert answer.header("Content-Type").startswith("application/xml")
+
+
+async def test_binary_answer_with_status_and_headers(runner, shared_relay, app):
+    """Status, end-to-end headers and a binary body reach the sender unchanged."""
+    channel = await sync_channel(runner, shared_relay.url)
+    await listening(runner, shared_relay, channel, app)
+    answer = await send_request(channel.url, body=b"{}", tail="/binary")
+    assert answer.status == 201
+    assert answer.body == BINARY
+    assert answer.header("X-Custom") == "kept"
+    assert answer.header("Transfer-Encoding") is None
+
+
+async def test_timeout_falls_back_and_delivers_once(runner, shared_relay, app):
+    """A slow server: the sender gets the fallback in time and the event reaches the app once."""
+    channel = await sync_channel(runner, shared_relay.url, "--response-timeout", "1s", "--fallback", "503")
+    await listening(runner, shared_relay, channel, app)
+    app.stall = 2.5
+    started = time.monotonic()
+    answer = await send_request(channel.url, body=b"{}", tail="/binary")
+    waited = time.monotonic() - started
+    assert answer.status == 503
+    assert answer.json()["held"] is True
+    assert waited < 2.5
+    event_id = answer.json()["id"]
+    await wait_until(lambda: any(r[2] == event_id for r in app.requests), DELIVERY_TIMEOUT, "the held event at the app")
+    await asyncio.sleep(3.0)
+    assert [r[2] for r in app.requests].count(event_id) == 1
+
+
+async def test_no_listener_falls_back_then_delivers(runner, shared_relay, app):
+    """Without a listener the sender gets 202 at once and the event waits for the listener."""
+    channel = await sync_channel(runner, shared_relay.url)
+    answer = await send_request(channel.url, method="GET", tail="/dropbox", query="challenge=abc")
+    assert answer.status == 202
+    assert answer.json()["reason"] == "no listener connected"
+    await listening(runner, shared_relay, channel, app)
+    await wait_until(lambda: any(r[2] == answer.json()["id"] for r in app.requests), DELIVERY_TIMEOUT, "the held event at the app")
+
+
+async def test_answer_is_kept_in_history(runner, shared_relay, app):
+    """The event's detail shows the answer the sender received."""
+    channel = await sync_channel(runner, shared_relay.url)
+    await listening(runner, shared_relay, channel, app)
+    answer = await send_request(channel.url, method="GET", tail="/dropbox", query="challenge=xyz")
+    event_id = answer.header("X-Hookrelay-Event-Id")
+    assert event_id.startswith("evt_")
+    code, stdout, stderr = await runner.run(["events", "show", event_id, "--relay", shared_relay.url, "--channel", channel.id, "--token", channel.token, "--json"])
+    assert code == 0, stderr
+    detail = json.loads(stdout)
+    assert detail["answer"]["status"] == 200
+    assert detail["answer"]["source"] == "target"
+
+
+async def test_async_channel_still_answers_202(runner, shared_relay, app):
+    """A channel in the default mode answers 202 with the id even with a listener connected."""
+    channel = await runner.create_channel(shared_relay.url)
+    await listening(runner, shared_relay, channel, app)
+    answer = await send_request(channel.url, method="GET", tail="/dropbox", query="challenge=abc")
+    assert answer.status == 202
+    assert answer.json()["id"].startswith("evt_")
