@@ -65,6 +65,7 @@ OUTCOMES = frozenset({"delivered", "failed", "skipped"})
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_PROTOCOL_ERROR = 4400
 CLOSE_GOING_AWAY = 1001
+CLOSE_INTERNAL_ERROR = 1011
 
 
 class ProtocolError(ValueError):
@@ -109,6 +110,9 @@ class Event:
     # channels); the relay sets ``respond`` on the frame while it is ahead.
     respond_until: float | None = None
     respond: bool = False
+    # The relay's signature check, as the X-Hookrelay-Verified value
+    # ("github; result=valid"), or None when the channel verifies nothing.
+    verification: str | None = None
 
     def header(self, name: str) -> bytes | None:
         """Return the first value of header ``name`` (case-insensitive), if any."""
@@ -194,6 +198,7 @@ def encode_event(event: Event) -> bytes:
         "delivery_count": event.delivery_count,
         "event_type": event.event_type,
         "respond": event.respond,
+        "verification": event.verification,
     }
     return _binary_frame(EVENT_TAG, header, event.body)
 
@@ -236,6 +241,7 @@ def decode_event(frame: bytes) -> Event:
         delivery_count=_optional_int(header, "delivery_count", 1),
         event_type=header.get("event_type") if isinstance(header.get("event_type"), str) else None,
         respond=header.get("respond") is True,
+        verification=header.get("verification") if isinstance(header.get("verification"), str) else None,
     )
 
 

@@ -19,6 +19,7 @@ from aiohttp import WSMsgType, web
 
 from relay_server.errors import StoreError
 from relay_server.protocol import (
+    CLOSE_INTERNAL_ERROR,
     CLOSE_PROTOCOL_ERROR,
     AttemptReport,
     ProtocolError,
@@ -53,13 +54,23 @@ class ListenerSession:
         try:
             await self._send_welcome()
             pump = asyncio.create_task(self._pump(), name=f"pump-{self.consumer}")
+            receive = asyncio.create_task(self._receive(), name=f"receive-{self.consumer}")
             try:
-                await self._receive()
+                await asyncio.wait([pump, receive], return_when=asyncio.FIRST_COMPLETED)
             finally:
-                pump.cancel()
-                await asyncio.gather(pump, return_exceptions=True)
+                for task in (pump, receive):
+                    task.cancel()
+                await asyncio.gather(pump, receive, return_exceptions=True)
+            await self._close_after_failure(pump)
         finally:
             await self._release()
+
+    async def _close_after_failure(self, pump: asyncio.Task[None]) -> None:
+        """Close the websocket when the pump failed, so the listener reconnects and gets its events."""
+        if pump.cancelled() or pump.exception() is None:
+            return
+        logger.error("session failed consumer=%s: %s", self.consumer, pump.exception())
+        await self.ws.close(code=CLOSE_INTERNAL_ERROR, message=b"relay error; reconnect")
 
     async def _send_welcome(self) -> None:
         backlog = await self.state.store.backlog(self.channel, self.group)

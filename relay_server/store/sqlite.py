@@ -27,6 +27,7 @@ from typing import Any
 
 from relay_server.errors import ChannelFull, StoreError
 from relay_server.protocol import AttemptReport, DeliveryResult, Event
+from relay_server.store import sqlite_dedupe
 from relay_server.store.base import (
     DEFAULT_GROUP,
     AttemptRecord,
@@ -113,9 +114,11 @@ CREATE TABLE IF NOT EXISTS answers (
 """
 
 # Columns added after the first release, created on databases that lack them.
-_ADDED_COLUMNS = {"events": {"respond_until": "REAL"}}
+_ADDED_COLUMNS = {"events": {"respond_until": "REAL", "verification": "TEXT"}}
 
-_EVENT_COLUMNS = "seq, id, channel, received_at, method, target, headers, body, remote, scheme, event_type, respond_until"
+_EVENT_COLUMNS = (
+    "seq, id, channel, received_at, method, target, headers, body, remote, scheme, event_type, respond_until, verification"
+)
 
 # Share of a full channel pruned at once, so a channel at its limit does not
 # run a delete for every single append.
@@ -164,16 +167,11 @@ class SQLiteStore(EventStore):
             return
         self._closed = True
 
-        # Let queued writes commit before the connection goes away.
+        # The writer commits what is queued, then ends; cancelling it could
+        # strand a batch whose callers wait for their commit.
         if self._writer is not None:
             self._wakeup.set()
-            self._writer.cancel()
-            try:
-                await self._writer
-            except asyncio.CancelledError:
-                pass
-        if self._queue:
-            await self._commit_batch(self._take_batch())
+            await self._writer
         if self._conn is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, self._conn.close)
         self._executor.shutdown(wait=True)
@@ -186,6 +184,7 @@ class SQLiteStore(EventStore):
         conn.execute("PRAGMA foreign_keys=OFF")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.executescript(SCHEMA)
+        conn.executescript(sqlite_dedupe.SCHEMA)
         _add_missing_columns(conn)
 
         # Consumers of a previous run are gone: their pending events go back
@@ -207,11 +206,13 @@ class SQLiteStore(EventStore):
         return await future
 
     async def _write_loop(self) -> None:
-        while True:
+        while not (self._closed and not self._queue):
             await self._wakeup.wait()
             self._wakeup.clear()
             if self._queue:
                 await self._commit_batch(self._take_batch())
+            if self._closed:
+                self._wakeup.set()
 
     def _take_batch(self) -> list[tuple[Operation, asyncio.Future[Any]]]:
         batch, self._queue = self._queue, []
@@ -220,7 +221,7 @@ class SQLiteStore(EventStore):
     async def _commit_batch(self, batch: list[tuple[Operation, asyncio.Future[Any]]]) -> None:
         loop = asyncio.get_running_loop()
         try:
-            outcomes = await asyncio.shield(loop.run_in_executor(self._executor, self._run_batch, [op for op, _ in batch]))
+            outcomes = await loop.run_in_executor(self._executor, self._run_batch, [op for op, _ in batch])
         except Exception as exc:
             logger.error("store commit failed for a batch of %d operations: %s", len(batch), exc)
             outcomes = [StoreError("commit", str(exc))] * len(batch)
@@ -290,13 +291,20 @@ class SQLiteStore(EventStore):
         return await self._submit(lambda conn: self._append(conn, event))
 
     def _append(self, conn: sqlite3.Connection, event: NewEvent) -> int:
+        deduplicated = bool(event.dedupe_key) and event.dedupe_window > 0
+        if deduplicated:
+            # A redelivery of a stored event is answered even when the channel is full.
+            sqlite_dedupe.raise_if_duplicate(conn, event.channel, event.dedupe_key, event.received_at)
         count = self._count(conn, event.channel)
         if count >= self.retention.max_events:
             count -= self._prune_acknowledged(conn, event.channel, count)
             if count >= self.retention.max_events:
                 raise ChannelFull(event.channel, self.retention.max_events)
+        if deduplicated:
+            expires_at = event.received_at + event.dedupe_window
+            sqlite_dedupe.remember(conn, event.channel, event.dedupe_key, event.id, expires_at)
         cursor = conn.execute(
-            f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 event.id,
                 event.channel,
@@ -309,6 +317,7 @@ class SQLiteStore(EventStore):
                 event.scheme,
                 event.event_type,
                 event.respond_until,
+                event.verification,
             ),
         )
         self._counts[event.channel] = count + 1
@@ -538,6 +547,7 @@ class SQLiteStore(EventStore):
             conn.execute("DELETE FROM events WHERE received_at < ?", (cutoff,))
             for table in ("outcomes", "attempts", "answers"):
                 conn.execute(f"DELETE FROM {table} WHERE event_id NOT IN (SELECT id FROM events)")
+            sqlite_dedupe.forget_expired(conn, now)
             for channel, _ in expired:
                 self._counts.pop(channel, None)
             return len(expired)
@@ -596,7 +606,7 @@ def _row_to_answer(row: tuple[Any, ...]) -> SenderAnswer:
 
 
 def _row_to_event(row: tuple[Any, ...], delivery_count: int) -> Event:
-    seq, event_id, channel, received_at, method, target, headers, body, remote, scheme, event_type, respond_until = row
+    seq, event_id, channel, received_at, method, target, headers, body, remote, scheme, event_type, respond_until, verification = row
     return Event(
         id=event_id,
         channel=channel,
@@ -611,4 +621,5 @@ def _row_to_event(row: tuple[Any, ...], delivery_count: int) -> Event:
         delivery_count=delivery_count,
         event_type=event_type,
         respond_until=respond_until,
+        verification=verification,
     )
