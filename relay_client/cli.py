@@ -299,22 +299,17 @@ def main() -> None:
         sys.exit(ExitStatus.INTERRUPTED)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except Exception as exc:  # noqa: BLE001 - click usage errors and the rest
-        _exit_on_click_error(exc)
-    sys.exit(status if isinstance(status, int) else ExitStatus.OK)
-
-
-def _exit_on_click_error(exc: Exception) -> None:
-    import click
-
-    if isinstance(exc, click.exceptions.Exit):
-        sys.exit(exc.exit_code)
-    if isinstance(exc, click.exceptions.Abort):
+    except typer.Abort:
         sys.exit(ExitStatus.INTERRUPTED)
-    if isinstance(exc, click.ClickException):
-        exc.show(file=sys.stderr)
-        sys.exit(ExitStatus.USAGE)
-    raise exc
+    except typer.TyperException as exc:
+        # Usage errors (unknown option, invalid value) carry their own text
+        # and exit status.
+        show = getattr(exc, "show", None)
+        if show is None:
+            raise
+        show(file=sys.stderr)
+        sys.exit(getattr(exc, "exit_code", ExitStatus.USAGE))
+    sys.exit(status if isinstance(status, int) else ExitStatus.OK)
 
 
 if __name__ == "__main__":

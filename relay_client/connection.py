@@ -90,7 +90,7 @@ class Listener:
                 break
             failures += 1
             delay = self.config.reconnect.delay(failures)
-            logger.warning("connection lost channel=%s: %s; reconnecting in %.1f s", self.config.channel, reason, delay)
+            logger.info("connection lost channel=%s: %s; reconnecting in %.1f s", self.config.channel, reason, delay)
             self.events.disconnected(reason, delay)
             await _sleep_unless(stop, delay)
         await self._finish_running()

@@ -1,0 +1,133 @@
+"""Faults that must lose no accepted event: killed relay, target down, killed listener, silently dead link.
+
+These tests wait for backoffs and heartbeats, so they take tens of seconds
+each and live apart from the faster modules.
+"""
+
+import asyncio
+
+import pytest
+
+from tests.support.checks import accepted_event_id, post_webhook
+from tests.support.http import send_request
+from tests.support.proxy import TcpProxy
+from tests.support.timing import MS, wait_until
+
+DELIVERY_TIMEOUT = 15_000 * MS
+EVENTS_AFTER_CRASH = 200
+CONCURRENT_SENDERS = 50
+RECOVERY_TIMEOUT = 60_000 * MS
+TARGET_DOWNTIME = 10_000 * MS
+# A 10 s outage ends between two backoff attempts (0.5 s doubling, capped at 30 s, with jitter).
+TARGET_RECOVERY_TIMEOUT = 45_000 * MS
+# The listener must notice a silently dead connection within 30 s.
+DEAD_LINK_DETECTION = 30_000 * MS
+# Let the acknowledgement of a delivered event pass the proxy before it stops forwarding.
+ACK_SETTLE = 500 * MS
+
+
+def first_occurrences(event_ids: list[str]) -> list[str]:
+    """Return `event_ids` without repeats, in order of first arrival."""
+    return list(dict.fromkeys(event_ids))
+
+
+@pytest.mark.parametrize("sync_mode", ["normal", "full"])
+async def test_relay_sigkill_loses_nothing(sync_mode, runner, target, tmp_path):
+    """A relay killed with SIGKILL right after 200 concurrent 202 responses delivers all of them after a restart."""
+    data_dir = tmp_path / "relay-data"
+    relay = await runner.start_relay(data_dir, "--sync", sync_mode)
+    channel = await runner.create_channel(relay.url)
+    senders = asyncio.Semaphore(CONCURRENT_SENDERS)
+
+    async def post(number: int):
+        body = b'{"n":%d}' % number
+        async with senders:
+            return body, await send_request(channel.url, "POST", [("Content-Type", "application/json")], body)
+
+    responses = await asyncio.gather(*(post(number) for number in range(EVENTS_AFTER_CRASH)))
+    relay.process.kill()
+
+    bodies_by_event_id = {accepted_event_id(response): body for body, response in responses}
+    restarted = await runner.start_relay(data_dir, "--sync", sync_mode)
+    runner.start_listener(restarted.url, channel, target.authority)
+    await target.wait_for_events(list(bodies_by_event_id), RECOVERY_TIMEOUT)
+
+    assert {request.event_id: request.body for request in target.requests} == bodies_by_event_id
+
+
+async def test_listener_reconnects_after_relay_restart(runner, target, tmp_path):
+    """A listener reconnects to a relay restarted on the same port and data folder and receives new events."""
+    data_dir = tmp_path / "relay-data"
+    relay = await runner.start_relay(data_dir)
+    channel = await runner.create_channel(relay.url)
+    runner.start_listener(relay.url, channel, target.authority)
+    before = await post_webhook(channel.url, b'{"n":1}')
+    await target.wait_for_event(before, DELIVERY_TIMEOUT)
+
+    await asyncio.to_thread(relay.process.stop)
+    await runner.start_relay(data_dir, port=relay.port)
+    after = await post_webhook(channel.url, b'{"n":2}')
+    await target.wait_for_event(after, RECOVERY_TIMEOUT)
+
+    assert first_occurrences(target.event_ids) == [before, after]
+
+
+async def test_target_down_gets_every_event(runner, shared_relay, target):
+    """A target that is down for 10 s when the listener starts gets every event, in order, once it is up."""
+    await target.stop()
+    channel = await runner.create_channel(shared_relay.url)
+    listener = runner.start_listener(shared_relay.url, channel, target.authority)
+    event_ids = [await post_webhook(channel.url, b'{"n":%d}' % n) for n in range(5)]
+
+    await asyncio.sleep(TARGET_DOWNTIME)
+    returncode_while_down = listener.returncode
+    await target.start()
+    await target.wait_for_events(event_ids, TARGET_RECOVERY_TIMEOUT)
+
+    assert returncode_while_down is None
+    assert target.event_ids == event_ids
+
+
+async def test_listener_sigkill_redelivers(runner, shared_relay, target):
+    """Events unacknowledged by a listener killed mid-delivery reach a new listener with the same ids."""
+    channel = await runner.create_channel(shared_relay.url)
+    target.stall()
+    killed = runner.start_listener(shared_relay.url, channel, target.authority)
+    event_ids = [await post_webhook(channel.url, b'{"n":%d}' % n) for n in range(3)]
+
+    await target.wait_for_requests(1, DELIVERY_TIMEOUT)
+    killed.kill()
+    target.release()
+    runner.start_listener(shared_relay.url, channel, target.authority)
+    await wait_until(
+        lambda: set(event_ids) <= set(target.event_ids[1:]),
+        DELIVERY_TIMEOUT,
+        "every event again after the stalled request",
+    )
+
+    assert target.event_ids[0] == event_ids[0]
+    assert first_occurrences(target.event_ids[1:]) == event_ids
+
+
+async def test_silent_dead_link_reconnects(runner, shared_relay, target):
+    """A connection that silently stops forwarding is detected within 30 s, and the listener reconnects."""
+    proxy = TcpProxy(shared_relay.port)
+    await proxy.start()
+    try:
+        channel = await runner.create_channel(shared_relay.url)
+        runner.start_listener(proxy.url, channel, target.authority)
+        delivered = await post_webhook(channel.url, b'{"n":1}')
+        await target.wait_for_event(delivered, DELIVERY_TIMEOUT)
+        await asyncio.sleep(ACK_SETTLE)
+
+        connections_before = len(proxy.accepted_at)
+        proxy.blackhole()
+        during_outage = await post_webhook(channel.url, b'{"n":2}')
+        reconnect_seconds = await proxy.wait_for_connections(connections_before + 1, DEAD_LINK_DETECTION + 15_000 * MS)
+        after_reconnect = await post_webhook(channel.url, b'{"n":3}')
+        await target.wait_for_events([during_outage, after_reconnect], RECOVERY_TIMEOUT)
+    finally:
+        await proxy.close()
+
+    assert reconnect_seconds <= DEAD_LINK_DETECTION, f"reconnected {reconnect_seconds:.1f} s after the link went silent"
+    assert first_occurrences(target.event_ids) == [delivered, during_outage, after_reconnect]
