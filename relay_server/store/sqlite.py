@@ -27,7 +27,6 @@ from typing import Any
 
 from relay_server.errors import ChannelFull, StoreError
 from relay_server.protocol import AttemptReport, DeliveryResult, Event
-from relay_server.store import sqlite_dedupe
 from relay_server.store.base import (
     DEFAULT_GROUP,
     AttemptRecord,
@@ -114,11 +113,9 @@ CREATE TABLE IF NOT EXISTS answers (
 """
 
 # Columns added after the first release, created on databases that lack them.
-_ADDED_COLUMNS = {"events": {"respond_until": "REAL", "verification": "TEXT"}}
+_ADDED_COLUMNS = {"events": {"respond_until": "REAL"}}
 
-_EVENT_COLUMNS = (
-    "seq, id, channel, received_at, method, target, headers, body, remote, scheme, event_type, respond_until, verification"
-)
+_EVENT_COLUMNS = "seq, id, channel, received_at, method, target, headers, body, remote, scheme, event_type, respond_until"
 
 # Share of a full channel pruned at once, so a channel at its limit does not
 # run a delete for every single append.
@@ -184,7 +181,6 @@ class SQLiteStore(EventStore):
         conn.execute("PRAGMA foreign_keys=OFF")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.executescript(SCHEMA)
-        conn.executescript(sqlite_dedupe.SCHEMA)
         _add_missing_columns(conn)
 
         # Consumers of a previous run are gone: their pending events go back
@@ -291,20 +287,13 @@ class SQLiteStore(EventStore):
         return await self._submit(lambda conn: self._append(conn, event))
 
     def _append(self, conn: sqlite3.Connection, event: NewEvent) -> int:
-        deduplicated = bool(event.dedupe_key) and event.dedupe_window > 0
-        if deduplicated:
-            # A redelivery of a stored event is answered even when the channel is full.
-            sqlite_dedupe.raise_if_duplicate(conn, event.channel, event.dedupe_key, event.received_at)
         count = self._count(conn, event.channel)
         if count >= self.retention.max_events:
             count -= self._prune_acknowledged(conn, event.channel, count)
             if count >= self.retention.max_events:
                 raise ChannelFull(event.channel, self.retention.max_events)
-        if deduplicated:
-            expires_at = event.received_at + event.dedupe_window
-            sqlite_dedupe.remember(conn, event.channel, event.dedupe_key, event.id, expires_at)
         cursor = conn.execute(
-            f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 event.id,
                 event.channel,
@@ -317,7 +306,6 @@ class SQLiteStore(EventStore):
                 event.scheme,
                 event.event_type,
                 event.respond_until,
-                event.verification,
             ),
         )
         self._counts[event.channel] = count + 1
@@ -547,7 +535,6 @@ class SQLiteStore(EventStore):
             conn.execute("DELETE FROM events WHERE received_at < ?", (cutoff,))
             for table in ("outcomes", "attempts", "answers"):
                 conn.execute(f"DELETE FROM {table} WHERE event_id NOT IN (SELECT id FROM events)")
-            sqlite_dedupe.forget_expired(conn, now)
             for channel, _ in expired:
                 self._counts.pop(channel, None)
             return len(expired)
@@ -606,7 +593,7 @@ def _row_to_answer(row: tuple[Any, ...]) -> SenderAnswer:
 
 
 def _row_to_event(row: tuple[Any, ...], delivery_count: int) -> Event:
-    seq, event_id, channel, received_at, method, target, headers, body, remote, scheme, event_type, respond_until, verification = row
+    seq, event_id, channel, received_at, method, target, headers, body, remote, scheme, event_type, respond_until = row
     return Event(
         id=event_id,
         channel=channel,
@@ -621,5 +608,4 @@ def _row_to_event(row: tuple[Any, ...], delivery_count: int) -> Event:
         delivery_count=delivery_count,
         event_type=event_type,
         respond_until=respond_until,
-        verification=verification,
     )
