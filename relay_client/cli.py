@@ -24,7 +24,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from relay_client import __version__, api_client, cli_events
+from relay_client import __version__, api_client, cli_events, cli_security
 from relay_client.cli_common import (
     DEFAULT_RELAY,
     AdminTokenOption,
@@ -32,14 +32,15 @@ from relay_client.cli_common import (
     JsonOption,
     RelayOption,
     configure_logging,
+    inspector_url,
     stderr,
 )
-from relay_client.config import ListenerConfig, parse_target
+from relay_client.config import ListenerConfig, split_relays
 from relay_client.console import ListenerConsole
 from relay_client.errors import ClientError, RelayRejected, RelayUnreachable, Unauthorized, UsageError
 from relay_client.retry import RetryPolicy
 from relay_client.runner import listen as run_listener
-from relay_client.runner import resolve_channel, run_until_stopped
+from relay_client.runner import resolve_channel, run_until_stopped, run_with_fastest_loop
 from relay_client.settings import ChannelBook, SavedChannel, default_map, load_config_file
 from relay_client.units import parse_duration, parse_size
 
@@ -54,11 +55,12 @@ app = typer.Typer(
 channel_app = typer.Typer(help="Create and manage channels.", no_args_is_help=True)
 app.add_typer(channel_app, name="channel")
 cli_events.register(app)
+cli_security.register(channel_app)
 
 
 @app.command()
 def listen(
-    forward: Annotated[str, typer.Option("--forward", "-f", envvar="HOOKRELAY_FORWARD", help="Target: a port, host:port, or URL with a path.")] = "8000",
+    forward: cli_security.ForwardOption = ["8000"],
     relay: RelayOption = DEFAULT_RELAY,
     channel: Annotated[Optional[str], typer.Option(envvar="HOOKRELAY_CHANNEL", help="Channel id; default: the remembered one, or a new one.", show_default=False)] = None,
     token: Annotated[Optional[str], typer.Option(envvar="HOOKRELAY_TOKEN", help="The channel's token.", show_default=False)] = None,
@@ -69,13 +71,20 @@ def listen(
     host_header: Annotated[Optional[str], typer.Option(envvar="HOOKRELAY_HOST_HEADER", help="Host header to send instead of the target's host:port.", show_default=False)] = None,
     admin_token: AdminTokenOption = None,
     respond: Annotated[bool, typer.Option("--respond", envvar="HOOKRELAY_RESPOND", help="Put the channel in sync mode: senders get your server's answer.")] = False,
+    events: cli_security.EventsOption = None,
+    filters: cli_security.FilterOption = None,
+    sign_secret: cli_security.SignSecretOption = None,
     as_json: JsonOption = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log connection and retry details.")] = False,
 ) -> None:
     """Forward a channel's webhooks to a local server and acknowledge each one after it answered."""
     configure_logging("INFO" if verbose else "WARNING")
-    target = parse_target(forward)
+    target, router, event_filter = cli_security.noise_control(forward, events, filters, sign_secret)
     book = ChannelBook()
+    # Channel management talks to the first relay node; the listener
+    # connection rotates through all of them.
+    relays = split_relays(relay)
+    relay = relays[0]
     saved, created = asyncio.run(resolve_channel(relay, channel, token, admin_token, book))
     if created:
         stderr.print(Text(f"created channel {saved.channel}; it is remembered for next time", style="green"))
@@ -83,7 +92,7 @@ def listen(
         asyncio.run(api_client.update_channel(relay, saved.channel, saved.token, {"response": {"mode": "sync"}}))
         stderr.print(Text("sync mode: senders get your server's answer", style="green"))
     config = ListenerConfig(
-        relay=relay.rstrip("/"),
+        relay=",".join(relays),
         channel=saved.channel,
         token=saved.token,
         group=group,
@@ -92,11 +101,18 @@ def listen(
         timeout=parse_duration(timeout, "--timeout"),
         concurrency=concurrency,
         retry=RetryPolicy(max_attempts=max_attempts),
+        event_filter=event_filter,
+        router=router,
+        sign_secret=sign_secret,
         # Prefetch little: events held by a busy listener are events its
         # group peers cannot take.
         window=2 * concurrency,
     )
-    console = ListenerConsole(stderr, target, json_out=sys.stdout if as_json else None, public_url=saved.url)
+    console = ListenerConsole(
+        stderr, target, json_out=sys.stdout if as_json else None, public_url=saved.url, router=router,
+        # The banner may go to a log file; the token is shown on a terminal only.
+        inspector_url=inspector_url(relay, saved.url, saved.channel, saved.token if stderr.is_terminal else None),
+    )
     stopped_by = run_until_stopped(lambda stop: run_listener(config, console, stop))
     if stopped_by == signal.SIGINT:
         raise typer.Exit(ExitStatus.INTERRUPTED)
@@ -107,6 +123,8 @@ def serve(
     host: Annotated[str, typer.Option(envvar="HOOKRELAY_HOST", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="HOOKRELAY_PORT", min=0, max=65535, help="Port to listen on; 0 picks a free one.")] = 8787,
     data_dir: Annotated[Path, typer.Option(envvar="HOOKRELAY_DATA_DIR", help="Folder for the SQLite database.")] = Path(platformdirs.user_data_dir("hookrelay")),
+    store: Annotated[Optional[str], typer.Option(envvar="HOOKRELAY_STORE", help="Where events live: redis://host:port/db to share them between relay nodes, or sqlite:///dir; default: SQLite in --data-dir.", show_default=False)] = None,
+    node_timeout: Annotated[str, typer.Option(envvar="HOOKRELAY_NODE_TIMEOUT", help="With --store redis://: time after which the events held by a silent relay node go to listeners on other nodes.")] = "15s",
     public_url: Annotated[Optional[str], typer.Option(envvar="HOOKRELAY_PUBLIC_URL", help="Base URL senders use, when the relay sits behind a proxy.", show_default=False)] = None,
     max_body: Annotated[str, typer.Option(envvar="HOOKRELAY_MAX_BODY", help="Largest accepted body (bytes, or 25MiB).")] = "25MiB",
     sync: Annotated[str, typer.Option(envvar="HOOKRELAY_SYNC", help="normal: survives a relay crash; full: also survives power loss, slower.")] = "normal",
@@ -116,6 +134,14 @@ def serve(
     window: Annotated[int, typer.Option(envvar="HOOKRELAY_WINDOW", min=1, max=10_000, help="Most events in flight per listener.")] = 64,
     heartbeat: Annotated[str, typer.Option(envvar="HOOKRELAY_HEARTBEAT", help="Ping interval for listener connections.")] = "10s",
     log_level: Annotated[str, typer.Option(envvar="HOOKRELAY_LOG_LEVEL", help="debug, info, warning or error.")] = "info",
+    max_headers: cli_security.MaxHeadersOption = 100,
+    max_header_bytes: cli_security.MaxHeaderBytesOption = "64KiB",
+    channel_rate: cli_security.ChannelRateOption = 100.0,
+    channel_burst: cli_security.ChannelBurstOption = 1000,
+    address_rate: cli_security.AddressRateOption = 100.0,
+    address_burst: cli_security.AddressBurstOption = 1000,
+    max_connections: cli_security.MaxConnectionsOption = 256,
+    header_timeout: cli_security.HeaderTimeoutOption = "10s",
 ) -> None:
     """Run a relay: accept webhooks on channel URLs, store them, serve listeners."""
     from relay_server.app import serve as serve_relay
@@ -124,24 +150,31 @@ def serve(
 
     if sync.lower() not in ("normal", "full"):
         raise UsageError("--sync", sync, "use normal or full")
+    if store is not None and not store.startswith(("sqlite://", "redis://", "rediss://", "unix://")):
+        raise UsageError("--store", store, "use redis://host:port/db or sqlite:///path/to/dir")
     configure_logging(log_level)
     config = ServerConfig(
         host=host,
         port=port,
         public_url=public_url,
         data_dir=data_dir,
+        store_url=store,
+        node_timeout=parse_duration(node_timeout, "--node-timeout"),
         synchronous=sync.upper(),
         retention=Retention(max_events=retention_events, max_age=parse_duration(retention_age, "--retention-age")),
         max_body=parse_size(max_body, "--max-body"),
         window=window,
         heartbeat=parse_duration(heartbeat, "--heartbeat"),
         admin_token=admin_token,
+        limits=cli_security.ingress_limits(
+            max_headers, max_header_bytes, channel_rate, channel_burst, address_rate, address_burst, max_connections, header_timeout
+        ),
     )
     if host not in ("127.0.0.1", "::1", "localhost") and admin_token is None:
         logging.getLogger("hookrelay.server").warning(
             "listening on %s without --admin-token: anyone who reaches the relay can create channels", host
         )
-    asyncio.run(serve_relay(config))
+    run_with_fastest_loop(serve_relay(config))
 
 
 ResponseOption = Annotated[
@@ -186,14 +219,17 @@ def channel_create(
         asyncio.run(api_client.update_channel(relay, created["channel"], created["token"], {"response": settings}))
     if save:
         ChannelBook().save(SavedChannel(relay.rstrip("/"), created["channel"], created["token"], created["url"]))
+    inspector = inspector_url(relay, created["url"], created["channel"], created["token"])
     if as_json:
-        print(json.dumps({"channel": created["channel"], "url": created["url"], "token": created["token"]}))
+        print(json.dumps({"channel": created["channel"], "url": created["url"], "token": created["token"], "inspector": inspector}))
         return
     body = Text()
     body.append("URL      ", style="bold")
     body.append(created["url"] + "\n", style="cyan")
     body.append(f"Channel  {created['channel']}\nToken    {created['token']}")
     stderr.print(Panel(body, title="channel created", expand=False))
+    # Outside the panel, so that the long link is never wrapped.
+    stderr.print(Text(f"Inspector {inspector}"))
 
 
 @channel_app.command("list")
@@ -225,6 +261,8 @@ def channel_show(
         return
     for key in ("channel", "url", "backlog", "listeners"):
         print(f"{key:<10} {info.get(key)}")
+    for line in cli_security.describe_settings(info):
+        print(line)
 
 
 @channel_app.command("update")

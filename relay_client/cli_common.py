@@ -44,7 +44,7 @@ TokenOption = Annotated[
     typer.Option("--token", envvar="HOOKRELAY_TOKEN", help="The channel's token; default: the remembered one.", show_default=False),
 ]
 
-__all__ = ["DEFAULT_RELAY", "ExitStatus", "stderr", "configure_logging", "known_channel"]
+__all__ = ["DEFAULT_RELAY", "ExitStatus", "stderr", "configure_logging", "inspector_url", "known_channel"]
 
 
 def configure_logging(level: str) -> None:
@@ -63,3 +63,16 @@ def known_channel(relay: str, channel: str | None, token: str | None) -> SavedCh
         raise UsageError("--channel", None, f"no channel given and none is remembered for {relay}; pass --channel and --token")
     saved, _ = asyncio.run(resolve_channel(relay, channel or book.default_for(relay).channel, token, None, book))
     return saved
+
+
+def inspector_url(relay: str, ingest_url: str, channel: str, token: str | None) -> str:
+    """Build the link to a channel's inspector page on the relay's public base URL.
+
+    The token goes in the URL fragment, which browsers do not send, so it
+    stays out of request lines and the relay's logs. Without a token the page
+    asks for it.
+    """
+    suffix = f"/h/{channel}"
+    base = ingest_url.removesuffix(suffix) if ingest_url.endswith(suffix) else relay.rstrip("/")
+    page = f"{base}/inspect/{channel}"
+    return f"{page}#token={token}" if token else page

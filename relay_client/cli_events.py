@@ -9,6 +9,7 @@ import hmac
 import json
 import sys
 import uuid
+from urllib.parse import urlencode
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -68,7 +69,7 @@ def list_events(
     """List a channel's events, newest first."""
     saved = known_channel(relay, channel, token)
     params = {"state": state, "method": method, "type": event_type, "q": search, "group": group, "limit": str(limit)}
-    query = "&".join(f"{k}={v}" for k, v in params.items() if v)
+    query = urlencode({key: value for key, value in params.items() if value})
     answer = asyncio.run(api_client.request_json("GET", relay, f"/api/channels/{saved.channel}/events?{query}", token=saved.token, channel=saved.channel))
     if as_json:
         print(json.dumps(answer["events"]))

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from relay_client.errors import UsageError
 from relay_client.retry import Backoff, RetryPolicy
+
+if TYPE_CHECKING:
+    from relay_client.filters import EventFilter
+    from relay_client.routing import Router
 
 DEFAULT_RELAY = "http://127.0.0.1:8787"
 MIB = 1024 * 1024
@@ -81,6 +86,14 @@ def _port(text: str, value: str) -> int:
     return port
 
 
+def split_relays(value: str) -> list[str]:
+    """Split a comma-separated list of relay URLs, dropping empty items and trailing slashes."""
+    relays = [item.strip().rstrip("/") for item in value.split(",") if item.strip()]
+    if not relays:
+        raise UsageError("--relay", value, "give a relay URL such as https://relay.example.com")
+    return relays
+
+
 @dataclass(frozen=True, slots=True)
 class ListenerConfig:
     """Everything ``hookrelay listen`` needs, grouped by concern."""
@@ -98,6 +111,13 @@ class ListenerConfig:
     concurrency: int = 1
     retry: RetryPolicy = RetryPolicy()
 
+    # Noise control: which events go out, to which target (None: all of
+    # them, to ``target``), and the Standard Webhooks secret that re-signs
+    # them (None: forwarded with the sender's headers only).
+    event_filter: EventFilter | None = None
+    router: Router | None = None
+    sign_secret: str | None = field(default=None, repr=False)
+
     # Connection: the listener pings every ``ping_interval`` seconds and
     # declares the link dead after ``ping_timeout`` more without a pong.
     window: int = 64
@@ -109,7 +129,17 @@ class ListenerConfig:
     # Shutdown: time granted to deliveries in progress on Ctrl-C.
     shutdown_grace: float = 5.0
 
-    def listen_url(self) -> str:
-        parts = urlsplit(self.relay.rstrip("/"))
+    @property
+    def relays(self) -> list[str]:
+        """The relay URLs: ``relay`` may list several relay nodes, separated by commas."""
+        return split_relays(self.relay)
+
+    def relay_at(self, attempt: int) -> str:
+        """Return the relay for connection ``attempt``: each reconnect tries the next one."""
+        relays = self.relays
+        return relays[attempt % len(relays)]
+
+    def listen_url(self, attempt: int = 0) -> str:
+        parts = urlsplit(self.relay_at(attempt))
         scheme = "wss" if parts.scheme == "https" else "ws"
         return f"{scheme}://{parts.netloc}{parts.path}/api/channels/{self.channel}/listen?group={self.group}&window={self.window}"

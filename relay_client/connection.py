@@ -69,6 +69,8 @@ class Listener:
         self.events = events
         self._running: dict[str, asyncio.Task[DeliveryResult]] = {}
         self._finished: OrderedDict[str, DeliveryResult] = OrderedDict()
+        # Connection attempts so far; picks the relay among several.
+        self._attempt = 0
         # Reports of running deliveries go to the connection open at the time.
         self._outbox: asyncio.Queue[Outgoing] | None = None
 
@@ -88,6 +90,8 @@ class Listener:
                 reason = str(exc) or type(exc).__name__
             if stop.is_set():
                 break
+            # With several relay nodes, the next attempt goes to the next one.
+            self._attempt += 1
             failures += 1
             delay = self.config.reconnect.delay(failures)
             logger.info("connection lost channel=%s: %s; reconnecting in %.1f s", self.config.channel, reason, delay)
@@ -99,7 +103,7 @@ class Listener:
         try:
             ws = await self._connect()
         except Exception as exc:
-            raise convert_handshake_error(exc, self.config.relay, self.config.channel) from exc
+            raise convert_handshake_error(exc, self.config.relay_at(self._attempt), self.config.channel) from exc
         async with ws:
             welcome = await self._read_welcome(ws)
             logger.info("connected channel=%s group=%s consumer=%s backlog=%d", welcome.channel, welcome.group, welcome.consumer, welcome.backlog)
@@ -108,7 +112,7 @@ class Listener:
 
     def _connect(self) -> websockets.connect:
         return websockets.connect(
-            self.config.listen_url(),
+            self.config.listen_url(self._attempt),
             additional_headers={"Authorization": f"Bearer {self.config.token}"},
             user_agent_header=f"hookrelay/{__version__}",
             max_size=self.config.max_message,
@@ -120,13 +124,16 @@ class Listener:
             # would only delay the reconnect.
             close_timeout=2,
             open_timeout=15,
+            # Event bodies are often compressed already or small; deflate per
+            # frame costs more CPU than loopback or LAN bandwidth saves.
+            compression=None,
         )
 
     async def _read_welcome(self, ws: websockets.ClientConnection) -> Welcome:
         try:
             frame = await asyncio.wait_for(ws.recv(), timeout=15)
         except asyncio.TimeoutError:
-            raise RelayUnreachable(self.config.relay, "no welcome frame within 15 s") from None
+            raise RelayUnreachable(self.config.relay_at(self._attempt), "no welcome frame within 15 s") from None
         if not isinstance(frame, str):
             raise ProtocolError("expected a welcome text frame, got a binary frame")
         message = decode_text(frame)
@@ -174,7 +181,9 @@ class Listener:
 
     async def _result_for(self, event: Event) -> DeliveryResult:
         """Forward ``event`` once, or reuse a delivery of it that is running or finished."""
-        if event.id in self._finished:
+        # A replay arrives with delivery_count 1 and is forwarded again. Only a
+        # redelivery of an unacknowledged event reuses the remembered result.
+        if event.id in self._finished and event.delivery_count > 1:
             logger.info("redelivery answered from memory event_id=%s", event.id)
             return self._finished[event.id]
         task = self._running.get(event.id)

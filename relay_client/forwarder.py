@@ -11,7 +11,9 @@ Fidelity rules (the relay is invisible to the receiver):
   ``Accept-Encoding`` or ``Content-Type`` the sender did not send;
 * ``X-Forwarded-For`` gets the sender's address appended, ``X-Forwarded-Host``
   and ``X-Forwarded-Proto`` are added when the sender did not send them, and
-  ``X-Hookrelay-Event-Id`` carries the stable event id for de-duplication.
+  ``X-Hookrelay-Event-Id`` carries the stable event id for de-duplication;
+* ``X-Hookrelay-Verified`` carries the relay's signature verdict when the
+  channel verifies signatures, and a copy sent by the sender is dropped.
 
 Redirects are never followed: a 3xx is the target's answer.
 
@@ -42,6 +44,9 @@ HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding", b"upgrade", b"host"}
 )
 EVENT_ID_HEADER = b"X-Hookrelay-Event-Id"
+# The relay's signature verdict. Copies sent by the sender are dropped, so
+# only the relay's own check reaches the target under this name.
+VERIFIED_HEADER = b"X-Hookrelay-Verified"
 ATTEMPT_HEADER = b"X-Hookrelay-Attempt"
 _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 # A target's answer is read for its status; its body matters only up to here,
@@ -75,7 +80,7 @@ def forward_headers(event: Event, target_authority: str, host_header: str | None
         lowered = name.lower()
         if lowered == b"host":
             sender_host = value
-        if lowered in HOP_BY_HOP or lowered in connection_tokens:
+        if lowered in HOP_BY_HOP or lowered in connection_tokens or lowered == b"x-hookrelay-verified":
             continue
         if lowered == b"content-length" and value.strip() != str(len(event.body)).encode():
             continue
@@ -85,6 +90,8 @@ def forward_headers(event: Event, target_authority: str, host_header: str | None
     headers.insert(0, (b"Host", (host_header or target_authority).encode("latin-1")))
     _add_forwarded(headers, present, event, sender_host)
     headers.append((EVENT_ID_HEADER, event.id.encode()))
+    if event.verification:
+        headers.append((VERIFIED_HEADER, event.verification.encode("latin-1", "replace")))
     return headers
 
 
@@ -133,8 +140,10 @@ class Forwarder:
         session: aiohttp.ClientSession | None = None,
         on_attempt: Callable[[Attempt], None] = lambda attempt: None,
         sleep: Callable[[float], object] = asyncio.sleep,
+        sign: Callable[[Event, list[tuple[bytes, bytes]]], list[tuple[bytes, bytes]]] | None = None,
     ) -> None:
         self.config = config
+        self._sign = sign
         self._session = session
         self._owns_session = session is None
         self._on_attempt = on_attempt
@@ -192,6 +201,8 @@ class Forwarder:
         """Send once; returns status (None without an answer), error, Retry-After, duration and the answer."""
         headers = forward_headers(event, self.config.target.authority, self.config.host_header)
         headers.append((ATTEMPT_HEADER, str(attempt).encode()))
+        if self._sign is not None:
+            headers = self._sign(event, headers)
         started = time.monotonic()
         try:
             response = await self._send(event, headers)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ import platformdirs
 from relay_client.errors import UsageError
 
 CONFIG_DIR_ENV = "HOOKRELAY_CONFIG_DIR"
-CHANNEL_SUBCOMMANDS = ("create", "list", "show", "update", "rotate-token")
+CHANNEL_SUBCOMMANDS = ("create", "list", "show", "update", "rotate-token", "verify", "dedupe", "event-type")
 
 
 def config_dir() -> Path:
@@ -56,7 +57,7 @@ def default_map(config: dict[str, Any]) -> dict[str, Any]:
     shared = {_option(k): v for k, v in config.items() if not isinstance(v, dict)}
     result: dict[str, Any] = {}
     for command in ("listen", "serve"):
-        result[command] = shared | {_option(k): v for k, v in config.get(command, {}).items()}
+        result[command] = _as_lists(shared | {_option(k): v for k, v in config.get(command, {}).items()})
     channel = shared | {_option(k): v for k, v in config.get("channel", {}).items()}
     result["channel"] = {sub: channel for sub in CHANNEL_SUBCOMMANDS}
     events = shared | {_option(k): v for k, v in config.get("events", {}).items()}
@@ -67,7 +68,18 @@ def default_map(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _option(key: str) -> str:
-    return key.replace("-", "_")
+    name = key.replace("-", "_")
+    return _RENAMED.get(name, name)
+
+
+# Options that may be given several times; the file may give one value or a list.
+_LIST_OPTIONS = frozenset({"forward", "events", "filters"})
+# Config keys whose option has another parameter name ("--filter" is "filters").
+_RENAMED = {"filter": "filters"}
+
+
+def _as_lists(options: dict[str, Any]) -> dict[str, Any]:
+    return {key: [value] if key in _LIST_OPTIONS and isinstance(value, str) else value for key, value in options.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,11 +126,16 @@ class ChannelBook:
     def _write(self, book: dict[str, list[SavedChannel]]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = {relay: [{"channel": s.channel, "token": s.token, "url": s.url} for s in items] for relay, items in book.items()}
-        temporary = self.path.with_suffix(".tmp")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2)
-        os.replace(temporary, self.path)
+        # A temporary file of its own per writer, so concurrent commands do not
+        # replace each other's half-written file; mkstemp creates it 0600.
+        fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".channels-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump(data, handle, indent=2)
+            os.replace(temporary, self.path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
 
 
 def _relay_key(relay: str) -> str:

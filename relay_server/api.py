@@ -15,8 +15,11 @@ import time
 
 from aiohttp import web
 
+from relay_server.channel_security import public_view
+from relay_server.errors import StoreError
 from relay_server.ids import hash_token, new_channel_id, new_token, token_matches
 from relay_server.ingest import json_error
+from relay_server.protocol import CLOSE_INTERNAL_ERROR
 from relay_server.responses import ResponseSettings
 from relay_server.session import ListenerSession
 from relay_server.state import RelayState
@@ -76,7 +79,9 @@ async def show_channel(request: web.Request) -> web.Response:
         "created_at": channel.created_at,
         "response": ResponseSettings.of(channel.settings).to_dict(),
         "backlog": await state.store.backlog(channel_id, DEFAULT_GROUP),
-        "listeners": state.hub.listener_count(channel_id),
+        "listeners": await state.hub.count_listeners(channel_id),
+        **public_view(channel.settings),
+        "counts": state.guard.counters.of_channel(channel_id),
     }
     return web.json_response(body)
 
@@ -106,11 +111,20 @@ async def listen(request: web.Request) -> web.StreamResponse:
         heartbeat=state.config.heartbeat,
         max_msg_size=state.config.max_body + _FRAME_OVERHEAD,
         autoping=True,
+        # Bodies are stored and sent as they came: compressing them again per
+        # frame cost most of the relay's CPU on 100 KB events and ~90 KiB of
+        # zlib state per idle listener (scripts/bench, 2 cores).
+        compress=False,
     )
     await ws.prepare(request)
     state.sessions.add(ws)
     try:
         await ListenerSession(state, ws, channel_id, group, window).run()
+    except StoreError as exc:
+        # The upgrade is done, so no 503 can be sent: close and let the
+        # listener reconnect, perhaps to a node that reaches the store.
+        logger.error("listener session ended channel=%s: %s", channel_id, exc)
+        await ws.close(code=CLOSE_INTERNAL_ERROR, message=b"relay store unavailable; reconnect")
     finally:
         state.sessions.discard(ws)
     return ws
@@ -118,6 +132,18 @@ async def listen(request: web.Request) -> web.StreamResponse:
 
 async def health(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
+
+
+async def readiness(request: web.Request) -> web.Response:
+    """Answer 200 while the relay can store events and reach other nodes, else 503 with the reason."""
+    state: RelayState = request.app["state"]
+    try:
+        await state.store.ping()
+    except StoreError as exc:
+        return web.json_response({"status": "not ready", "reason": str(exc)}, status=503)
+    if not state.hub.ready:
+        return web.json_response({"status": "not ready", "reason": "not subscribed to wake-ups from other nodes"}, status=503)
+    return web.json_response({"status": "ready"})
 
 
 def _window(request: web.Request, ceiling: int) -> int:
@@ -135,3 +161,4 @@ def add_routes(app: web.Application) -> None:
     app.router.add_post("/api/channels/{channel}/rotate-token", rotate_token)
     app.router.add_get("/api/channels/{channel}/listen", listen)
     app.router.add_get("/healthz", health)
+    app.router.add_get("/readyz", readiness)

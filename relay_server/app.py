@@ -11,12 +11,17 @@ import asyncio
 import logging
 import signal
 import time
+from pathlib import Path
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
-from relay_server import api, history
+from relay_server import admin, api, history, inspector, openapi
 from relay_server.config import ServerConfig
-from relay_server.ingest import INGEST_PREFIX, handle_ingest
+from relay_server.errors import ConfigError, StoreError
+from relay_server.hub import Hub
+from relay_server.guard import GuardedSite, handler_options
+from relay_server.ingest import INGEST_PREFIX, handle_ingest, json_error
 from relay_server.protocol import CLOSE_GOING_AWAY
 from relay_server.state import RelayState
 from relay_server.store.base import EventStore
@@ -30,18 +35,54 @@ PRUNE_INTERVAL = 60.0
 def build_app(state: RelayState) -> web.Application:
     # Bodies are read by ingest itself, bounded by max_body; this bound is for
     # any other handler that reads a body.
-    app = web.Application(client_max_size=state.config.max_body)
+    app = web.Application(client_max_size=state.config.max_body, middlewares=[store_unavailable, state.guard.middleware()])
     app["state"] = state
     api.add_routes(app)
+    admin.add_routes(app)
     history.add_routes(app)
+    inspector.add_routes(app)
+    openapi.add_routes(app)
     app.router.add_route("*", INGEST_PREFIX + "{channel}", handle_ingest)
     app.router.add_route("*", INGEST_PREFIX + "{channel}/{tail:.*}", handle_ingest)
     app.on_shutdown.append(_close_sessions)
     return app
 
 
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
 def open_store(config: ServerConfig) -> EventStore:
-    return SQLiteStore(config.data_dir, synchronous=config.synchronous, retention=config.retention)
+    """Build the store ``config.store_url`` names: SQLite (the default) or Redis."""
+    url = config.store_url
+    if url is None:
+        return SQLiteStore(config.data_dir, synchronous=config.synchronous, retention=config.retention)
+    if url.startswith("sqlite://"):
+        path = Path(url.removeprefix("sqlite://")) if url != "sqlite://" else config.data_dir
+        return SQLiteStore(path, synchronous=config.synchronous, retention=config.retention)
+    if url.startswith(REDIS_SCHEMES):
+        from relay_server.store.redis import RedisStore
+
+        return RedisStore(url, retention=config.retention, presence_ttl=config.node_timeout)
+    raise ConfigError("--store", url, "use sqlite:///path/to/dir or redis://host:port/db")
+
+
+def open_hub(config: ServerConfig) -> Hub:
+    """Build the hub that matches the store: in-process, or shared through Redis."""
+    if config.store_url is not None and config.store_url.startswith(REDIS_SCHEMES):
+        from relay_server.redis_hub import RedisHub
+
+        return RedisHub(config.store_url, presence_ttl=config.node_timeout)
+    return Hub()
+
+
+@web.middleware
+async def store_unavailable(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer 503 to any request whose handler could not reach the store."""
+    try:
+        return await handler(request)
+    except StoreError as exc:
+        logger.error("request failed path=%s: %s", request.path, exc)
+        return json_error(503, "store_unavailable", "the relay could not reach its store; retry later", **{"Retry-After": "5"})
 
 
 async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> None:
@@ -49,20 +90,20 @@ async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> N
     stop = stop or asyncio.Event()
     store = open_store(config)
     await store.open()
-    state = RelayState(config=config, store=store)
-    runner = web.AppRunner(
-        build_app(state),
-        auto_decompress=False,
-        access_log=None,
-        handle_signals=False,
-        shutdown_timeout=config.shutdown_grace,
-    )
+    hub = open_hub(config)
+    await hub.start()
+    if hasattr(store, "on_reclaimable") and hasattr(hub, "wake_local"):
+        # Events of consumers on a dead node: local listeners take them over.
+        store.on_reclaimable = hub.wake_local
+    state = RelayState(config=config, store=store, hub=hub)
+    options = {"auto_decompress": False, "access_log": None, **handler_options(config.limits)}
+    runner = web.AppRunner(build_app(state), handle_signals=False, shutdown_timeout=config.shutdown_grace, **options)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+        site = GuardedSite(runner, config.host, config.port, connections=state.guard.connections, handler_options=options)
         await site.start()
         state.base_url = config.base_url(_bound_port(runner))
-        logger.info("relay listening on %s data_dir=%s", _listen_url(config, runner), config.data_dir)
+        logger.info("relay listening on %s store=%s", _listen_url(config, runner), _store_name(config))
         _install_signal_handlers(stop)
         pruner = asyncio.create_task(_prune_forever(store), name="hookrelay-prune")
         await stop.wait()
@@ -70,6 +111,7 @@ async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> N
         logger.info("relay stopping: closing %d listener sessions", len(state.sessions))
     finally:
         await runner.cleanup()
+        await hub.close()
         await store.close()
         logger.info("relay stopped")
 
@@ -96,6 +138,14 @@ def _install_signal_handlers(stop: asyncio.Event) -> None:
             loop.add_signal_handler(sig, stop.set)
         except (NotImplementedError, RuntimeError):
             pass
+
+
+def _store_name(config: ServerConfig) -> str:
+    if config.store_url is None:
+        return str(config.data_dir)
+    from relay_server.store.redis import redact
+
+    return redact(config.store_url)
 
 
 def _bound_port(runner: web.AppRunner) -> int:

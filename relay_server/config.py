@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from relay_server.limits import IngressLimits
 from relay_server.store.base import Retention
 
 MIB = 1024 * 1024
@@ -32,11 +33,18 @@ class ServerConfig:
     # Storage and durability.
     data_dir: Path = Path(".hookrelay")
     synchronous: str = "NORMAL"
+    # None keeps events in SQLite under data_dir; ``redis://host:port/db``
+    # shares them with every relay node on that Redis.
+    store_url: str | None = None
+    # Redis only: a node that has not refreshed its listeners for this many
+    # seconds is taken for dead, and other nodes redeliver their events.
+    node_timeout: float = 15.0
     retention: Retention = field(default_factory=Retention)
 
     # Limits.
     max_body: int = DEFAULT_MAX_BODY
     window: int = DEFAULT_WINDOW
+    limits: IngressLimits = field(default_factory=IngressLimits)
 
     # Listener connections: the relay pings every ``heartbeat`` seconds and
     # drops a listener that does not answer within half of it.

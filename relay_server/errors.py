@@ -5,7 +5,8 @@ Tree::
     RelayError
     ├── StoreError            storage failed or is unreachable
     │   └── ChannelFull       retention leaves no room for another event
-    └── ConfigError           a server option has an invalid value
+    ├── DuplicateEvent        a provider's redelivery of an event already stored
+    └── ConfigError           a server option or channel setting has an invalid value
 
 Each exception keeps the values involved as fields and builds its text in
 ``__str__`` as a fragment a caller can embed in a longer message.
@@ -40,6 +41,19 @@ class ChannelFull(StoreError):
 
     def __str__(self) -> str:
         return f"channel {self.channel} is full: it holds {self.limit} events not yet acknowledged"
+
+
+class DuplicateEvent(RelayError):
+    """The channel already stored ``event_id`` under the provider's delivery ``key``."""
+
+    def __init__(self, channel: str, key: str, event_id: str) -> None:
+        super().__init__(channel, key, event_id)
+        self.channel = channel
+        self.key = key
+        self.event_id = event_id
+
+    def __str__(self) -> str:
+        return f"channel {self.channel} already stored delivery {self.key} as event {self.event_id}"
 
 
 class ConfigError(RelayError):

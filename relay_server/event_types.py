@@ -1,12 +1,28 @@
-"""Detect the provider's event type of a webhook, for display and history.
+"""Detect the provider's event type of a webhook, for display, filters and routes.
 
-Headers come first because they cost nothing to read. A JSON body is parsed
-only when it is small, and only to read a top-level ``type`` or ``action``.
+A channel may name where its type lives (a header, or a dotted field of a
+JSON body); otherwise the provider is recognised by its headers and body:
+
+* GitHub: ``X-GitHub-Event`` plus the body's ``action``, as ``issues.opened``;
+* Shopify: the ``X-Shopify-Topic`` header, such as ``orders/create``;
+* Slack: the Events API nests the type (``{"type": "event_callback",
+  "event": {"type": "app_mention"}}`` gives ``app_mention``); interactive
+  payloads arrive form-encoded in a ``payload`` field;
+* Stripe and Standard Webhooks: the body's top-level ``type``;
+* GitLab, Gitea, Bitbucket and others: their event header.
+
+Headers come first because they cost nothing to read. A body is parsed
+only when it is at most 256 KiB, and a body that is not valid JSON, or is
+nested too deeply to parse, simply has no type.
 """
 
 from __future__ import annotations
 
 import json
+from typing import Any
+from urllib.parse import parse_qs
+
+from relay_server.errors import ConfigError
 
 # Header that names the event, per provider, checked in this order.
 _TYPE_HEADERS = (
@@ -18,32 +34,106 @@ _TYPE_HEADERS = (
     b"x-hook-event",
 )
 _MAX_JSON_PARSE = 256 * 1024
+_MAX_TYPE_LENGTH = 100
+
+Headers = tuple[tuple[bytes, bytes], ...]
 
 
-def detect_event_type(headers: tuple[tuple[bytes, bytes], ...], body: bytes) -> str | None:
-    """Return a short event type such as ``issues.opened`` or ``invoice.paid``, or None."""
+def detect_event_type(headers: Headers, body: bytes, source: dict[str, str] | None = None) -> str | None:
+    """Return a short event type such as ``issues.opened`` or ``invoice.paid``, or None.
+
+    ``source`` is a channel's ``event_type`` setting: ``{"header": name}``
+    or ``{"json": "dotted.path"}``. When it finds nothing, detection falls
+    back to the providers above.
+    """
     lowered = {name.lower(): value for name, value in reversed(headers)}
-    payload = _small_json(lowered.get(b"content-type", b""), body)
+    payload = small_payload(lowered.get(b"content-type", b""), body)
+    configured = _from_source(source, lowered, payload) if source else None
+    if configured is not None:
+        return configured
     for name in _TYPE_HEADERS:
         if name in lowered:
-            base = lowered[name].decode("latin-1").strip()
+            base = _short(lowered[name].decode("latin-1").strip())
             action = payload.get("action") if isinstance(payload, dict) else None
-            return f"{base}.{action}" if isinstance(action, str) and name == b"x-github-event" else base
-    if isinstance(payload, dict):
-        for key in ("type", "event_type", "event"):
-            value = payload.get(key)
-            if isinstance(value, str) and 0 < len(value) <= 100:
-                return value
-            if isinstance(value, dict) and isinstance(value.get("type"), str):
-                # Slack Events API nests the type: {"event": {"type": "message"}}.
-                return value["type"]
+            if name == b"x-github-event" and base and _short(action):
+                return f"{base}.{action}"
+            return base
+    return _from_payload(payload) if isinstance(payload, dict) else None
+
+
+def check_source(raw: Any) -> dict[str, str]:
+    """Validate a channel's ``event_type`` setting; raises :class:`ConfigError`."""
+    if not isinstance(raw, dict) or len(raw) != 1:
+        raise ConfigError("event_type", raw, 'use {"header": "X-Event-Name"} or {"json": "data.kind"}')
+    (kind, where), = raw.items()
+    if kind not in ("header", "json") or not isinstance(where, str) or not where.strip():
+        raise ConfigError("event_type", raw, 'use {"header": "X-Event-Name"} or {"json": "data.kind"}')
+    if not where.isascii() or any(char in where for char in " \t\r\n:"):
+        raise ConfigError(f"event_type {kind}", where, "use a header name or a dotted field path without spaces")
+    return {kind: where.strip()}
+
+
+def json_field(document: Any, path: str) -> Any:
+    """Follow a dotted path (``data.object.id``; list items by index) and return the value, or None."""
+    value = document
+    for part in path.split("."):
+        if isinstance(value, dict):
+            value = value.get(part)
+        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return None
+    return value
+
+
+def _from_source(source: dict[str, str], lowered: dict[bytes, bytes], payload: Any) -> str | None:
+    if "header" in source:
+        value = lowered.get(source["header"].lower().encode("latin-1"))
+        return _short(value.decode("latin-1").strip()) if value is not None else None
+    value = json_field(payload, source["json"])
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    return _short(value)
+
+
+def _from_payload(payload: dict[str, Any]) -> str | None:
+    kind = payload.get("type")
+    nested = payload.get("event")
+    if kind == "event_callback" and isinstance(nested, dict) and _short(nested.get("type")):
+        return nested["type"]
+    for value in (kind, payload.get("event_type"), nested):
+        if _short(value):
+            return value
+        if isinstance(value, dict) and _short(value.get("type")):
+            return value["type"]
     return None
 
 
-def _small_json(content_type: bytes, body: bytes) -> object:
-    if len(body) > _MAX_JSON_PARSE or b"json" not in content_type.lower():
+def _short(value: Any) -> str | None:
+    """Return ``value`` when it is a non-empty string of at most 100 characters."""
+    return value if isinstance(value, str) and 0 < len(value) <= _MAX_TYPE_LENGTH else None
+
+
+def small_payload(content_type: bytes, body: bytes) -> Any:
+    """Parse a small JSON body, or the JSON ``payload`` field of a small form body."""
+    if len(body) > _MAX_JSON_PARSE:
         return None
+    content_type = content_type.lower()
+    if b"json" in content_type:
+        return _parse_json(body)
+    if b"x-www-form-urlencoded" in content_type:
+        try:
+            fields = parse_qs(body.decode("latin-1"), encoding="utf-8", errors="replace", max_num_fields=100)
+        except ValueError:
+            return None
+        payload = fields.get("payload")
+        return _parse_json(payload[0]) if payload else None
+    return None
+
+
+def _parse_json(data: bytes | str) -> Any:
     try:
-        return json.loads(body)
-    except ValueError:
+        return json.loads(data)
+    except (ValueError, RecursionError):
+        # A body nested thousands of levels deep exhausts the parser's stack.
         return None

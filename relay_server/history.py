@@ -17,8 +17,9 @@ from typing import Any
 
 from aiohttp import web
 
-from relay_server import responses
+from relay_server import channel_security, responses
 from relay_server.api import authorize_channel, unauthorized
+from relay_server.errors import ConfigError
 from relay_server.ingest import json_error
 from relay_server.state import RelayState
 from relay_server.store.base import DEFAULT_GROUP, EVENT_STATES, EventDetail, EventQuery, EventSummary
@@ -213,11 +214,13 @@ async def update_channel(request: web.Request) -> web.Response:
         if "response" in patch:
             current = responses.ResponseSettings.of(settings).to_dict()
             settings["response"] = responses.validate({**current, **patch["response"]}).to_dict()
-    except ValueError as exc:
+        settings = channel_security.apply_patch(settings, patch)
+    except (ValueError, ConfigError) as exc:
         return json_error(400, "invalid_settings", str(exc))
     updated = await state.store.update_settings(channel_id, settings)
     logger.info("channel updated channel=%s response_mode=%s", channel_id, settings.get("response", {}).get("mode", "async"))
-    return web.json_response({"channel": channel_id, "response": responses.ResponseSettings.of(updated.settings).to_dict()})
+    answer = {"channel": channel_id, "response": responses.ResponseSettings.of(updated.settings).to_dict()}
+    return web.json_response(answer | channel_security.public_view(updated.settings))
 
 
 def _event_not_found(request: web.Request) -> web.Response:

@@ -6,7 +6,8 @@ then claim from the store, which stays the single source of truth.
 
 For sync channels the hub also routes the target's answer from the session
 that received it to the ingest request that waits for it, keyed by event id.
-This hub works inside one relay process.
+This hub works inside one relay process; :mod:`relay_server.redis_hub` extends it
+to several nodes that share a Redis.
 """
 
 from __future__ import annotations
@@ -60,7 +61,23 @@ class Hub:
         return self._versions[channel]
 
     def listener_count(self, channel: str) -> int:
+        """Count the listener sessions of ``channel`` in this process."""
         return len(self._listeners.get(channel, ()))
+
+    async def count_listeners(self, channel: str) -> int:
+        """Count the listener sessions of ``channel`` on every relay node that shares this hub."""
+        return self.listener_count(channel)
+
+    @property
+    def ready(self) -> bool:
+        """Whether wake-ups from other nodes reach this one; always true for one process."""
+        return True
+
+    async def start(self) -> None:
+        """Connect to whatever carries wake-ups between nodes; nothing for one process."""
+
+    async def close(self) -> None:
+        """Disconnect; calling it twice is harmless."""
 
     def expect_response(self, event_id: str) -> asyncio.Future[TargetResponse]:
         """Register interest in the target's answer to ``event_id``; call :meth:`forget_response` after."""

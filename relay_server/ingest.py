@@ -17,10 +17,10 @@ from urllib.parse import unquote
 
 from aiohttp import web
 
-from relay_server.errors import ChannelFull, StoreError
-from relay_server.event_types import detect_event_type
+from relay_server.errors import ChannelFull, DuplicateEvent, StoreError
 from relay_server.ids import new_event_id
 from relay_server.responses import ResponseSettings, answer_sender
+from relay_server.screening import admit_channel, duplicate_answer, screen
 from relay_server.state import RelayState
 from relay_server.store.base import NewEvent
 
@@ -71,15 +71,22 @@ async def handle_ingest(request: web.Request) -> web.StreamResponse:
     channel = await state.store.get_channel(channel_id)
     if channel is None:
         return json_error(404, "channel_not_found", "no channel at this URL; create one with 'hookrelay channel create'")
+    rejection = admit_channel(state, channel_id)
+    if rejection is not None:
+        return rejection
 
     body = await read_body(request, state.config.max_body)
     if body is None:
         return _too_large(state.config.max_body)
 
-    settings = ResponseSettings.of(channel.settings)
     received_at = time.time()
+    screened = screen(state, channel, tuple(request.raw_headers), body, received_at)
+    if screened.rejection is not None:
+        return screened.rejection
+
+    settings = ResponseSettings.of(channel.settings)
     # A sync sender waits only when a listener is there to produce the answer.
-    waits = settings.mode == "sync" and state.hub.listener_count(channel_id) > 0
+    waits = settings.mode == "sync" and await state.hub.count_listeners(channel_id) > 0
     event = NewEvent(
         id=new_event_id(),
         channel=channel_id,
@@ -90,8 +97,8 @@ async def handle_ingest(request: web.Request) -> web.StreamResponse:
         received_at=received_at,
         remote=request.remote or "",
         scheme=request.scheme,
-        event_type=detect_event_type(tuple(request.raw_headers), body),
         respond_until=received_at + settings.timeout if waits else None,
+        **screened.fields,
     )
     waiting = state.hub.expect_response(event.id) if waits else None
     try:
@@ -99,6 +106,9 @@ async def handle_ingest(request: web.Request) -> web.StreamResponse:
     except StoreError as exc:
         state.hub.forget_response(event.id)
         return _store_failed(channel_id, event.id, exc)
+    except DuplicateEvent as exc:
+        state.hub.forget_response(event.id)
+        return duplicate_answer(state, exc)
 
     state.hub.notify(channel_id)
     if logger.isEnabledFor(logging.DEBUG):

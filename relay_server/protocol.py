@@ -163,7 +163,7 @@ class DeliveryResult:
             outcome=outcome,
             status=status,
             attempts=_optional_int(item, "attempts", 1),
-            duration_ms=float(item.get("duration_ms") or 0.0),
+            duration_ms=_optional_number(item, "duration_ms"),
             error=error,
         )
 
@@ -341,7 +341,7 @@ def decode_text(text: str) -> dict[str, Any]:
             event_id=_require(message, "id", str),
             attempt=_require(message, "attempt", int),
             status=status,
-            duration_ms=float(message.get("duration_ms") or 0.0),
+            duration_ms=_optional_number(message, "duration_ms"),
             error=error if isinstance(error, str) else None,
         )
     elif kind != "error":
@@ -381,6 +381,16 @@ def _require(source: dict[str, Any], key: str, kind: type) -> Any:
     if not isinstance(value, kind) or isinstance(value, bool):
         raise ProtocolError(f"field {key!r} is missing or not a {kind.__name__}")
     return value
+
+
+def _optional_number(source: dict[str, Any], key: str) -> float:
+    """Read an optional number (0.0 when absent or null); raises :class:`ProtocolError` for anything else."""
+    value = source.get(key)
+    if value is None:
+        return 0.0
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ProtocolError(f"field {key!r} must be a number")
+    return float(value)
 
 
 def _optional_int(source: dict[str, Any], key: str, default: int) -> int:

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from relay_server.config import ServerConfig
 from relay_server.hub import Hub
+from relay_server.limits import IngressGuard
 from relay_server.store.base import EventStore
 
 if TYPE_CHECKING:
@@ -26,6 +27,10 @@ class RelayState:
     hub: Hub = field(default_factory=Hub)
     base_url: str = ""
     sessions: set[web.WebSocketResponse] = field(default_factory=set)
+    guard: IngressGuard = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.guard = IngressGuard(self.config.limits)
 
     def ingest_url(self, channel: str) -> str:
         return f"{self.base_url}/h/{channel}"

@@ -1,7 +1,11 @@
 """Fixtures for the end-to-end tests: a relay shared by the session, process runners and capturing targets.
 
 Every process and server binds to 127.0.0.1 and is stopped in teardown.
+With HOOKRELAY_TESTS_BACKEND=redis every relay the tests start keeps its
+events in one redis-server started for the session instead of SQLite.
 """
+
+import os
 
 import pytest
 
@@ -10,7 +14,39 @@ pytest.register_assert_rewrite("tests.support.checks")
 import pytest_asyncio  # noqa: E402
 
 from tests.support.processes import ProcessRunner, Relay  # noqa: E402
+from tests.support.redis_server import RedisServer  # noqa: E402
 from tests.support.target import CapturingTarget  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> RedisServer:
+    """A redis-server on a free loopback port for the whole session; tests flush it or use their own keys."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def relay_backend(request, tmp_path_factory) -> str:
+    """Choose the store of the relays the tests start, from HOOKRELAY_TESTS_BACKEND (sqlite or redis)."""
+    backend = os.environ.get("HOOKRELAY_TESTS_BACKEND", "sqlite")
+    if backend not in ("sqlite", "redis"):
+        raise pytest.UsageError(f"HOOKRELAY_TESTS_BACKEND must be sqlite or redis, not {backend!r}")
+    if backend == "sqlite":
+        yield backend
+        return
+    # A server apart from `redis_server`, which store tests flush.
+    server = RedisServer(tmp_path_factory.mktemp("relay-redis"))
+    server.start()
+    ProcessRunner.store_url = server.url
+    try:
+        yield backend
+    finally:
+        ProcessRunner.store_url = None
+        server.stop()
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from relay_client.config import ListenerConfig, Target, parse_target
+from relay_client.config import ListenerConfig, Target, parse_target, split_relays
 from relay_client.errors import UsageError
 from relay_client.retry import Backoff, is_retryable_status, parse_retry_after
 from relay_client.settings import ChannelBook, SavedChannel, default_map
@@ -128,3 +128,18 @@ def test_default_map_merges_shared_and_command_keys():
     assert mapping["listen"] == {"relay": "http://b", "max_attempts": 3}
     assert mapping["serve"] == {"relay": "http://a", "port": 9}
     assert mapping["channel"]["create"] == {"relay": "http://a"}
+
+
+def test_relay_list_rotates_on_reconnect():
+    """A comma-separated --relay gives one URL per connection attempt, in turn."""
+    config = ListenerConfig(relay="http://a:1/, http://b:2", channel="ch_x", token="t")
+    assert config.relays == ["http://a:1", "http://b:2"]
+    assert [config.relay_at(attempt) for attempt in range(3)] == ["http://a:1", "http://b:2", "http://a:1"]
+    assert config.listen_url(1).startswith("ws://b:2/api/channels/ch_x/listen?")
+
+
+def test_empty_relay_list_rejected():
+    """A --relay value with no URL raises UsageError."""
+    with pytest.raises(UsageError) as info:
+        split_relays(" , ")
+    assert str(info.value) == "invalid --relay ' , ': give a relay URL such as https://relay.example.com"

@@ -94,7 +94,20 @@ async def sync_channel(runner, relay_url: str, *options: str) -> Channel:
 async def listening(runner, relay, channel: Channel, app: HandshakeApp):
     listener = runner.start_listener(relay.url, channel, f"127.0.0.1:{app.port}")
     await listener.wait_for_connection(relay.port, CONNECT_TIMEOUT)
+    # The TCP connection comes before the websocket handshake: wait until the
+    # relay counts the listener, or a sync sender would get the fallback.
+    await wait_for_listeners(relay.url, channel)
     return listener
+
+
+async def wait_for_listeners(relay_url: str, channel: Channel) -> None:
+    listeners = 0
+    deadline = time.monotonic() + CONNECT_TIMEOUT
+    while listeners < 1:
+        assert time.monotonic() < deadline, f"the relay did not count a listener on {channel.id}"
+        response = await send_request(f"{relay_url}/api/channels/{channel.id}", "GET", [("Authorization", f"Bearer {channel.token}")])
+        listeners = response.json().get("listeners", 0) if response.status == 200 else 0
+        await asyncio.sleep(20 * MS)
 
 
 async def test_slack_url_verification(runner, shared_relay, app):

@@ -47,6 +47,11 @@ class NewEvent:
     scheme: str = "http"
     event_type: str | None = None
     respond_until: float | None = None
+    verification: str | None = None
+    # A provider's delivery id: while an event stored under the same key is
+    # younger than ``dedupe_window`` seconds, append raises DuplicateEvent.
+    dedupe_key: str | None = None
+    dedupe_window: float = 0.0
 
 
 # States an event has for one group, as history shows and filters them.
@@ -177,7 +182,11 @@ class EventStore(abc.ABC):
         """Store ``event`` at the end of its channel's log and return its sequence number.
 
         Returns only after the event is committed. Raises
-        :class:`~relay_server.errors.ChannelFull` when retention leaves no room.
+        :class:`~relay_server.errors.ChannelFull` when retention leaves no room,
+        and :class:`~relay_server.errors.DuplicateEvent` without storing
+        anything when ``event.dedupe_key`` was stored on the channel less than
+        that event's ``dedupe_window`` ago. Checking and remembering the key
+        is atomic with the insert.
         """
 
     @abc.abstractmethod
@@ -235,12 +244,16 @@ class EventStore(abc.ABC):
         """Queue an event again for ``group``, with the same id; False when it does not exist.
 
         The group's outcome for the event is cleared, so history shows it
-        pending until the next delivery finishes.
+        pending until the next delivery finishes. The next claim hands it out
+        with ``delivery_count`` 1, as a first delivery rather than a redelivery.
         """
 
     @abc.abstractmethod
     async def prune(self, now: float) -> int:
         """Apply age retention to every channel; returns how many events were removed."""
+
+    async def ping(self) -> None:
+        """Raise :class:`~relay_server.errors.StoreError` when the store cannot serve requests now."""
 
     async def __aenter__(self) -> EventStore:
         await self.open()

@@ -27,6 +27,7 @@ from typing import Any
 
 from relay_server.errors import ChannelFull, StoreError
 from relay_server.protocol import AttemptReport, DeliveryResult, Event
+from relay_server.store import sqlite_dedupe
 from relay_server.store.base import (
     DEFAULT_GROUP,
     AttemptRecord,
@@ -92,6 +93,7 @@ CREATE TABLE IF NOT EXISTS outcomes (
     finished_at REAL NOT NULL,
     PRIMARY KEY (event_id, grp)
 ) WITHOUT ROWID;
+-- Append-only: a replayed event numbers its attempts from 1 again.
 CREATE TABLE IF NOT EXISTS attempts (
     event_id TEXT NOT NULL,
     grp TEXT NOT NULL,
@@ -99,9 +101,9 @@ CREATE TABLE IF NOT EXISTS attempts (
     status INTEGER,
     duration_ms REAL NOT NULL,
     error TEXT,
-    at REAL NOT NULL,
-    PRIMARY KEY (event_id, grp, attempt)
-) WITHOUT ROWID;
+    at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS attempts_by_event ON attempts (event_id);
 CREATE TABLE IF NOT EXISTS answers (
     event_id TEXT PRIMARY KEY,
     status INTEGER NOT NULL,
@@ -113,9 +115,11 @@ CREATE TABLE IF NOT EXISTS answers (
 """
 
 # Columns added after the first release, created on databases that lack them.
-_ADDED_COLUMNS = {"events": {"respond_until": "REAL"}}
+_ADDED_COLUMNS = {"events": {"respond_until": "REAL", "verification": "TEXT"}}
 
-_EVENT_COLUMNS = "seq, id, channel, received_at, method, target, headers, body, remote, scheme, event_type, respond_until"
+_EVENT_COLUMNS = (
+    "seq, id, channel, received_at, method, target, headers, body, remote, scheme, event_type, respond_until, verification"
+)
 
 # Share of a full channel pruned at once, so a channel at its limit does not
 # run a delete for every single append.
@@ -174,6 +178,11 @@ class SQLiteStore(EventStore):
         self._executor.shutdown(wait=True)
         logger.info("store closed path=%s", self.path)
 
+    async def ping(self) -> None:
+        if self._closed or self._conn is None:
+            raise StoreError("ping", "the store is closed")
+        await self._read(lambda conn: conn.execute("SELECT 1").fetchone())
+
     def _connect(self) -> int:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
@@ -181,6 +190,7 @@ class SQLiteStore(EventStore):
         conn.execute("PRAGMA foreign_keys=OFF")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.executescript(SCHEMA)
+        conn.executescript(sqlite_dedupe.SCHEMA)
         _add_missing_columns(conn)
 
         # Consumers of a previous run are gone: their pending events go back
@@ -287,13 +297,20 @@ class SQLiteStore(EventStore):
         return await self._submit(lambda conn: self._append(conn, event))
 
     def _append(self, conn: sqlite3.Connection, event: NewEvent) -> int:
+        deduplicated = bool(event.dedupe_key) and event.dedupe_window > 0
+        if deduplicated:
+            # A redelivery of a stored event is answered even when the channel is full.
+            sqlite_dedupe.raise_if_duplicate(conn, event.channel, event.dedupe_key, event.received_at)
         count = self._count(conn, event.channel)
         if count >= self.retention.max_events:
             count -= self._prune_acknowledged(conn, event.channel, count)
             if count >= self.retention.max_events:
                 raise ChannelFull(event.channel, self.retention.max_events)
+        if deduplicated:
+            expires_at = event.received_at + event.dedupe_window
+            sqlite_dedupe.remember(conn, event.channel, event.dedupe_key, event.id, expires_at)
         cursor = conn.execute(
-            f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 event.id,
                 event.channel,
@@ -306,6 +323,7 @@ class SQLiteStore(EventStore):
                 event.scheme,
                 event.event_type,
                 event.respond_until,
+                event.verification,
             ),
         )
         self._counts[event.channel] = count + 1
@@ -399,15 +417,19 @@ class SQLiteStore(EventStore):
     def _ack(self, conn: sqlite3.Connection, channel: str, group: str, results: list[DeliveryResult]) -> int:
         now = self._clock()
         removed = 0
-        conn.executemany(
-            "INSERT OR REPLACE INTO attempts (event_id, grp, attempt, status, duration_ms, error, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(r.event_id, group, r.attempts, r.status, r.duration_ms, r.error, now) for r in results if r.outcome != "skipped"],
-        )
         for result in results:
-            removed += conn.execute(
+            deleted = conn.execute(
                 "DELETE FROM pending WHERE channel = ? AND grp = ? AND seq = (SELECT seq FROM events WHERE id = ? AND channel = ?)",
                 (channel, group, result.event_id, channel),
             ).rowcount
+            removed += deleted
+            # An ack for an event that is no longer pending repeats a report
+            # already kept, so it adds no attempt.
+            if deleted and result.outcome != "skipped":
+                conn.execute(
+                    "INSERT INTO attempts (event_id, grp, attempt, status, duration_ms, error, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (result.event_id, group, result.attempts, result.status, result.duration_ms, result.error, now),
+                )
             conn.execute(
                 "INSERT OR REPLACE INTO outcomes (event_id, grp, outcome, status, attempts, duration_ms, error, finished_at)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -446,7 +468,7 @@ class SQLiteStore(EventStore):
     async def record_attempt(self, channel: str, group: str, report: AttemptReport) -> None:
         def insert(conn: sqlite3.Connection) -> None:
             conn.execute(
-                "INSERT OR REPLACE INTO attempts (event_id, grp, attempt, status, duration_ms, error, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO attempts (event_id, grp, attempt, status, duration_ms, error, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (report.event_id, group, report.attempt, report.status, report.duration_ms, report.error, self._clock()),
             )
 
@@ -516,9 +538,11 @@ class SQLiteStore(EventStore):
             if seq > self._group_cursor(conn, channel, group):
                 # The group has not read it yet: it will arrive anyway.
                 return True
+            # delivery_count 0: the claim adds one, so the replay arrives as a
+            # first delivery, which a listener forwards even if it remembers the id.
             conn.execute(
-                "INSERT INTO pending (channel, grp, seq, consumer, delivery_count, delivered_at) VALUES (?, ?, ?, NULL, 1, ?)"
-                " ON CONFLICT (channel, grp, seq) DO UPDATE SET consumer = NULL",
+                "INSERT INTO pending (channel, grp, seq, consumer, delivery_count, delivered_at) VALUES (?, ?, ?, NULL, 0, ?)"
+                " ON CONFLICT (channel, grp, seq) DO UPDATE SET consumer = NULL, delivery_count = 0",
                 (channel, group, seq, self._clock()),
             )
             conn.execute("DELETE FROM outcomes WHERE event_id = ? AND grp = ?", (event_id, group))
@@ -535,6 +559,7 @@ class SQLiteStore(EventStore):
             conn.execute("DELETE FROM events WHERE received_at < ?", (cutoff,))
             for table in ("outcomes", "attempts", "answers"):
                 conn.execute(f"DELETE FROM {table} WHERE event_id NOT IN (SELECT id FROM events)")
+            sqlite_dedupe.forget_expired(conn, now)
             for channel, _ in expired:
                 self._counts.pop(channel, None)
             return len(expired)
@@ -593,7 +618,7 @@ def _row_to_answer(row: tuple[Any, ...]) -> SenderAnswer:
 
 
 def _row_to_event(row: tuple[Any, ...], delivery_count: int) -> Event:
-    seq, event_id, channel, received_at, method, target, headers, body, remote, scheme, event_type, respond_until = row
+    seq, event_id, channel, received_at, method, target, headers, body, remote, scheme, event_type, respond_until, verification = row
     return Event(
         id=event_id,
         channel=channel,
@@ -608,4 +633,5 @@ def _row_to_event(row: tuple[Any, ...], delivery_count: int) -> Event:
         delivery_count=delivery_count,
         event_type=event_type,
         respond_until=respond_until,
+        verification=verification,
     )

@@ -210,7 +210,13 @@ class Channel:
 
 
 class ProcessRunner:
-    """Starts hookrelay commands with an isolated environment and stops every one of them at the end."""
+    """Starts hookrelay commands with an isolated environment and stops every one of them at the end.
+
+    `store_url`, when set, is passed to every relay as `--store`; the test
+    session sets it for all runners to run the end-to-end tests on Redis.
+    """
+
+    store_url: str | None = None
 
     def __init__(self, log_dir: Path):
         self.log_dir = log_dir
@@ -232,6 +238,8 @@ class ProcessRunner:
         """
         data_dir.mkdir(parents=True, exist_ok=True)
         arguments = ["serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir), *extra_arguments]
+        if self.store_url is not None and "--store" not in extra_arguments:
+            arguments += ["--store", self.store_url]
         process = self.start("relay", arguments)
         match = await process.wait_for_stderr(LISTENING_PATTERN, STARTUP_TIMEOUT)
         return Relay(process=process, url=match.group(1), port=int(match.group(2)), data_dir=data_dir)

@@ -1,14 +1,21 @@
-"""The SQLite store on a real database file: durability, groups, redelivery, retention."""
+"""Both stores, SQLite on a real file and Redis on a real server, against one contract.
+
+Every test runs once per backend through the `make_store` fixture. Tests of
+one backend's own settings or failure modes are marked with their backend.
+"""
 
 import asyncio
 import time
 
 import pytest
 
-from relay_server.errors import ChannelFull
+from relay_server.errors import ChannelFull, DuplicateEvent, StoreError
 from relay_server.ids import hash_token
 from relay_server.protocol import DeliveryResult
 from relay_server.store import ChannelRecord, EventQuery, NewEvent, Retention, SQLiteStore
+from relay_server.store.redis import RedisStore
+from tests.support.redis_server import free_port
+from tests.support.timing import MS
 
 
 def new_event(channel, n, body=None):
@@ -28,9 +35,24 @@ def delivered(event_id):
     return DeliveryResult(event_id, "delivered", 200)
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+def backend(request):
+    return request.param
+
+
 @pytest.fixture
-async def store(tmp_path):
-    async with SQLiteStore(tmp_path) as opened:
+def make_store(backend, tmp_path, request):
+    """A factory of unopened stores of the test's backend; the stores of one test share their data."""
+    if backend == "sqlite":
+        return lambda **options: SQLiteStore(tmp_path, **options)
+    server = request.getfixturevalue("redis_server")
+    server.flush()
+    return lambda **options: RedisStore(server.url, **options)
+
+
+@pytest.fixture
+async def store(make_store):
+    async with make_store() as opened:
         await opened.create_channel(ChannelRecord("ch_a", hash_token("t"), time.time()))
         yield opened
 
@@ -107,21 +129,21 @@ async def test_ack_of_unknown_event_is_ignored(store):
     assert await store.ack("ch_a", "default", [delivered("evt_missing")]) == 0
 
 
-async def test_pending_events_survive_reopen(tmp_path):
+async def test_pending_events_survive_reopen(make_store):
     """Events claimed but not acknowledged are claimable again after a restart."""
-    async with SQLiteStore(tmp_path) as store:
+    async with make_store() as store:
         await store.create_channel(ChannelRecord("ch_a", hash_token("t"), time.time()))
         await append_many(store, "ch_a", 3)
         await store.claim("ch_a", "default", "c1", 3)
-    async with SQLiteStore(tmp_path) as reopened:
+    async with make_store() as reopened:
         assert (await reopened.get_channel("ch_a")).token_hash == hash_token("t")
         again = await reopened.claim("ch_a", "default", "c2", 10)
     assert [e.id for e in again] == [f"evt_ch_a_{n:05d}" for n in range(3)]
 
 
-async def test_full_channel_prunes_acknowledged_events(tmp_path):
+async def test_full_channel_prunes_acknowledged_events(make_store):
     """At the count limit, events every group acknowledged make room."""
-    async with SQLiteStore(tmp_path, retention=Retention(max_events=5)) as store:
+    async with make_store(retention=Retention(max_events=5)) as store:
         await store.create_channel(ChannelRecord("ch_a", b"h", time.time()))
         await append_many(store, "ch_a", 5)
         taken = await store.claim("ch_a", "default", "c1", 5)
@@ -130,9 +152,9 @@ async def test_full_channel_prunes_acknowledged_events(tmp_path):
         assert await store.backlog("ch_a", "default") == 1
 
 
-async def test_full_channel_rejects_instead_of_dropping(tmp_path):
+async def test_full_channel_rejects_instead_of_dropping(make_store):
     """When every stored event still waits for a group, append raises ChannelFull."""
-    async with SQLiteStore(tmp_path, retention=Retention(max_events=3)) as store:
+    async with make_store(retention=Retention(max_events=3)) as store:
         await store.create_channel(ChannelRecord("ch_a", b"h", time.time()))
         await append_many(store, "ch_a", 3)
         with pytest.raises(ChannelFull) as info:
@@ -140,9 +162,9 @@ async def test_full_channel_rejects_instead_of_dropping(tmp_path):
     assert str(info.value) == "channel ch_a is full: it holds 3 events not yet acknowledged"
 
 
-async def test_prune_removes_events_past_max_age(tmp_path):
+async def test_prune_removes_events_past_max_age(make_store):
     """Age retention deletes old events and their pending entries."""
-    async with SQLiteStore(tmp_path, retention=Retention(max_age=60)) as store:
+    async with make_store(retention=Retention(max_age=60)) as store:
         await store.create_channel(ChannelRecord("ch_a", b"h", time.time()))
         await append_many(store, "ch_a", 2)
         await store.claim("ch_a", "default", "c1", 1)
@@ -150,7 +172,8 @@ async def test_prune_removes_events_past_max_age(tmp_path):
         assert await store.backlog("ch_a", "default") == 0
 
 
-async def test_full_durability_setting_is_applied(tmp_path):
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_full_durability_setting_is_applied(tmp_path, backend):
     """synchronous=FULL reaches SQLite."""
     async with SQLiteStore(tmp_path, synchronous="full") as store:
         await store.create_channel(ChannelRecord("ch_a", b"h", time.time()))
@@ -159,9 +182,9 @@ async def test_full_durability_setting_is_applied(tmp_path):
     assert level == 2
 
 
-async def test_close_twice_is_harmless(tmp_path):
+async def test_close_twice_is_harmless(make_store):
     """close() is idempotent."""
-    store = SQLiteStore(tmp_path)
+    store = make_store()
     await store.open()
     await store.close()
     await store.close()
@@ -207,9 +230,9 @@ async def test_history_filters(store, query, expected):
     assert [r.id for r in rows] == [f"evt_ch_a_{n:05d}" for n in expected]
 
 
-async def test_history_filters_event_type_by_prefix(tmp_path):
+async def test_history_filters_event_type_by_prefix(make_store):
     """Filtering on ``issues`` finds ``issues.opened`` but not ``issue_comment``."""
-    async with SQLiteStore(tmp_path) as store:
+    async with make_store() as store:
         await store.create_channel(ChannelRecord("ch_a", b"h", time.time()))
         for n, kind in enumerate(["issues.opened", "issue_comment.created", "issues"]):
             await store.append(NewEvent(f"evt_{n}", "ch_a", "POST", b"", (), b"", time.time(), event_type=kind))
@@ -240,6 +263,7 @@ async def test_replay_delivers_again_with_same_id(store):
     assert await store.replay("ch_a", event.id, "default") is True
     [again] = await store.claim("ch_a", "default", "c2", 5)
     assert again.id == event.id
+    assert again.delivery_count == 1, "a replay must arrive as a first delivery, not a redelivery"
     assert (await store.list_events("ch_a", EventQuery()))[0].state == "pending"
     assert await store.replay("ch_a", "evt_missing", "default") is False
 
@@ -254,16 +278,145 @@ async def test_delete_removes_event_and_history(store):
     assert await store.delete_event("ch_a", event.id) is False
 
 
-async def test_settings_and_answer_are_kept(tmp_path):
+async def test_settings_and_answer_are_kept(make_store):
     """Channel settings and a sender's answer survive a reopen."""
     from relay_server.store import SenderAnswer
 
-    async with SQLiteStore(tmp_path) as store:
+    async with make_store() as store:
         await store.create_channel(ChannelRecord("ch_a", b"h", time.time()))
         await store.update_settings("ch_a", {"response": {"mode": "sync"}})
         await store.append(new_event("ch_a", 0))
         await store.record_answer("ch_a", "evt_ch_a_00000", SenderAnswer(200, ((b"X-A", b"\xe9"),), b"\x00\xff", "target", 1.0))
-    async with SQLiteStore(tmp_path) as store:
+    async with make_store() as store:
         assert (await store.get_channel("ch_a")).settings == {"response": {"mode": "sync"}}
         detail = await store.get_event("ch_a", "evt_ch_a_00000")
     assert detail.answer == SenderAnswer(200, ((b"X-A", b"\xe9"),), b"\x00\xff", "target", 1.0)
+
+
+async def test_ping_fails_after_close(make_store):
+    """ping() passes on an open store and raises StoreError once it is closed."""
+    store = make_store()
+    await store.open()
+    await store.ping()
+    await store.close()
+    with pytest.raises(StoreError):
+        await store.ping()
+
+
+async def test_replay_of_unread_event_is_not_doubled(store):
+    """Replaying an event the group has not read yet delivers it once."""
+    await store.append(new_event("ch_a", 0))
+    assert await store.replay("ch_a", "evt_ch_a_00000", "default") is True
+    claimed = await store.claim("ch_a", "default", "c1", 5)
+    assert [e.id for e in claimed] == ["evt_ch_a_00000"]
+
+
+async def test_replay_reaches_only_its_group(store):
+    """An event replayed for one group is not delivered again to another group."""
+    await store.claim("ch_a", "audit", "a1", 1)
+    await store.append(new_event("ch_a", 0))
+    for group, consumer in (("default", "d1"), ("audit", "a1")):
+        [event] = await store.claim("ch_a", group, consumer, 1)
+        await store.ack("ch_a", group, [delivered(event.id)])
+    await store.replay("ch_a", "evt_ch_a_00000", "default")
+    assert await store.claim("ch_a", "audit", "a1", 5) == []
+    [again] = await store.claim("ch_a", "default", "d2", 5)
+    assert again.id == "evt_ch_a_00000"
+    assert again.body == b'{"n": 0}'
+    assert await store.ack("ch_a", "default", [delivered(again.id)]) == 1
+    assert await store.backlog("ch_a", "default") == 0
+
+
+async def test_replayed_event_survives_count_retention(make_store):
+    """Count retention prunes acknowledged events before a replayed one but keeps the replayed one."""
+    async with make_store(retention=Retention(max_events=3)) as store:
+        await store.create_channel(ChannelRecord("ch_a", b"h", time.time()))
+        await append_many(store, "ch_a", 3)
+        taken = await store.claim("ch_a", "default", "c1", 3)
+        await store.ack("ch_a", "default", [delivered(e.id) for e in taken])
+        await store.replay("ch_a", taken[1].id, "default")
+        await store.append(new_event("ch_a", 3))
+        claimed = await store.claim("ch_a", "default", "c2", 5)
+        pruned = await store.get_event("ch_a", taken[0].id)
+    assert [e.id for e in claimed] == [taken[1].id, "evt_ch_a_00003"]
+    assert pruned is None
+
+
+@pytest.mark.parametrize("backend", ["redis"])
+async def test_redis_nodes_share_channels(make_store, backend):
+    """An event appended through one store is claimed through another on the same Redis."""
+    async with make_store() as node_a, make_store() as node_b:
+        await node_a.create_channel(ChannelRecord("ch_a", hash_token("t"), time.time()))
+        assert (await node_b.get_channel("ch_a")).token_hash == hash_token("t")
+        await node_a.append(new_event("ch_a", 0))
+        [event] = await node_b.claim("ch_a", "default", "b1", 5)
+    assert event.id == "evt_ch_a_00000"
+
+
+@pytest.mark.parametrize("backend", ["redis"])
+async def test_redis_dead_node_events_reclaimed(make_store, backend):
+    """Pending events of a node that stopped refreshing its consumers go to another node after the TTL."""
+    ttl = 300 * MS
+    dead = make_store(presence_ttl=ttl)
+    await dead.open()
+    await dead.create_channel(ChannelRecord("ch_a", b"h", time.time()))
+    await append_many(dead, "ch_a", 3)
+    taken = await dead.claim("ch_a", "default", "a1", 2)
+    # The node dies: no release, no more presence refreshes.
+    dead._refresher.cancel()
+    await dead._client.aclose()
+
+    woken = []
+    async with make_store(presence_ttl=ttl) as survivor:
+        survivor.on_reclaimable = woken.append
+        early = await survivor.claim("ch_a", "default", "b1", 5)
+        await asyncio.sleep(3 * ttl)
+        late = await survivor.claim("ch_a", "default", "b1", 5)
+    assert [e.id for e in early] == ["evt_ch_a_00002"]
+    assert [e.id for e in late] == [e.id for e in taken]
+    assert [e.delivery_count for e in late] == [2, 2]
+    assert woken == ["ch_a"]
+
+
+@pytest.mark.parametrize("backend", ["redis"])
+async def test_redis_unreachable_raises_store_error(backend):
+    """Without a reachable Redis, open() still succeeds and every operation raises StoreError."""
+    async with RedisStore(f"redis://127.0.0.1:{free_port()}/0") as store:
+        with pytest.raises(StoreError) as info:
+            await store.append(new_event("ch_a", 0))
+        with pytest.raises(StoreError):
+            await store.ping()
+    assert str(info.value).startswith("store append failed: ConnectionError")
+
+
+async def test_dedupe_key_rejects_second_copy(store):
+    """A delivery id seen within the window raises DuplicateEvent naming the first event."""
+    first = NewEvent("evt_1", "ch_a", "POST", b"", (), b"a", time.time(), dedupe_key="d-1", dedupe_window=60)
+    second = NewEvent("evt_2", "ch_a", "POST", b"", (), b"b", time.time(), dedupe_key="d-1", dedupe_window=60)
+    await store.append(first)
+    with pytest.raises(DuplicateEvent) as info:
+        await store.append(second)
+    assert info.value.event_id == "evt_1"
+    assert await store.backlog("ch_a", "default") == 1
+
+
+async def test_replay_keeps_earlier_attempts(store):
+    """A replayed event's attempts are added to the history, not written over it."""
+    await store.append(new_event("ch_a", 0))
+    [event] = await store.claim("ch_a", "default", "c1", 1)
+    await finish(store, event.id, status=500, attempts=1, outcome="delivered")
+    await store.replay("ch_a", event.id, "default")
+    [again] = await store.claim("ch_a", "default", "c1", 1)
+    await finish(store, again.id, status=200, attempts=1)
+    detail = await store.get_event("ch_a", event.id)
+    assert [(a.attempt, a.status) for a in detail.attempts] == [(1, 500), (1, 200)]
+
+
+async def test_repeated_ack_adds_no_attempt(store):
+    """An ack for an event no longer pending leaves the attempt history as it was."""
+    await store.append(new_event("ch_a", 0))
+    [event] = await store.claim("ch_a", "default", "c1", 1)
+    await finish(store, event.id)
+    await finish(store, event.id)
+    detail = await store.get_event("ch_a", event.id)
+    assert len(detail.attempts) == 1

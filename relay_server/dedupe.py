@@ -1,0 +1,62 @@
+"""Recognise a provider's redelivery of a webhook the relay already stored.
+
+Providers retry a webhook they think was lost, and their "redeliver"
+buttons resend one, with the same id each time:
+
+* GitHub: the ``X-GitHub-Delivery`` header;
+* Standard Webhooks: the ``webhook-id`` header (``svix-id`` from Svix);
+* Stripe: the event's ``id`` in the JSON body, recognised by a
+  ``Stripe-Signature`` header or ``"object": "event"``.
+
+Ingest passes the key to the store, which keeps the first event stored
+under it for the channel's de-duplication window and answers the repeats
+with that event's id instead of storing them again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from relay_server.errors import ConfigError
+from relay_server.event_types import small_payload
+
+DEFAULT_WINDOW = 24 * 3600.0
+MAX_WINDOW = 30 * 24 * 3600.0
+_MAX_ID_LENGTH = 200
+
+Headers = tuple[tuple[bytes, bytes], ...]
+
+
+def dedupe_key(headers: Headers, body: bytes) -> str | None:
+    """Return ``provider:id`` for a request that carries a provider's delivery id, else None."""
+    lowered = {name.lower(): value for name, value in reversed(headers)}
+    for header, provider in ((b"x-github-delivery", "github"), (b"webhook-id", "webhook"), (b"svix-id", "webhook")):
+        value = lowered.get(header, b"").decode("latin-1").strip()
+        if 0 < len(value) <= _MAX_ID_LENGTH:
+            return f"{provider}:{value}"
+    return _stripe_key(lowered, body)
+
+
+def window_of(settings: dict[str, Any]) -> float:
+    """Return a channel's de-duplication window in seconds; 0 turns it off."""
+    value = settings.get("dedupe_window")
+    return DEFAULT_WINDOW if value is None else float(value)
+
+
+def check_window(raw: Any) -> float:
+    """Validate a ``dedupe_window`` setting; raises :class:`ConfigError`."""
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 <= raw <= MAX_WINDOW:
+        raise ConfigError("dedupe window", raw, f"use a number of seconds from 0 (off) to {MAX_WINDOW:.0f} (30 days)")
+    return float(raw)
+
+
+def _stripe_key(lowered: dict[bytes, bytes], body: bytes) -> str | None:
+    payload = small_payload(lowered.get(b"content-type", b""), body)
+    if not isinstance(payload, dict):
+        return None
+    event_id = payload.get("id")
+    if not isinstance(event_id, str) or not 0 < len(event_id) <= _MAX_ID_LENGTH:
+        return None
+    if b"stripe-signature" in lowered or payload.get("object") == "event":
+        return f"stripe:{event_id}"
+    return None

@@ -1,0 +1,269 @@
+"""The hub of relay nodes that share a Redis: wake-ups, versions and answers cross nodes.
+
+An event stored through node A must wake the listener sessions on node B,
+a history watcher on B must see a change made through A, and the target's
+answer that reaches B must get to the sender waiting on A. Each node keeps
+the in-process :class:`~relay_server.hub.Hub` for its own sessions and
+adds Redis pub/sub between nodes:
+
+- ``hookrelay:hub`` carries ``W <channel>`` (wake listeners) and
+  ``T <version> <channel>`` (history changed; versions come from one
+  Redis hash, so every node reports the same number);
+- ``hookrelay:answers`` carries target answers in the wire protocol's
+  binary format; the node that holds the waiting sender takes it.
+
+Listener sessions are counted across nodes in a sorted set per channel,
+each member refreshed by its node and expiring when the node dies.
+
+Each node reads pub/sub on a connection of its own. A message published
+while a node is not subscribed (Redis restarting, the node reconnecting) is
+lost, so after every (re)subscription the node wakes all its sessions and
+watchers once and they read the store again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from relay_server.errors import StoreError
+from relay_server.hub import Hub
+from relay_server.protocol import ProtocolError, TargetResponse, decode_response, encode_response
+from relay_server.store.redis import PREFIX, PRESENCE_TTL, run_to_end
+
+logger = logging.getLogger("hookrelay.server.hub")
+
+HUB_CHANNEL = f"{PREFIX}:hub"
+ANSWERS_CHANNEL = f"{PREFIX}:answers"
+VERSIONS_KEY = f"{PREFIX}:versions"
+
+# Reconnect backoff of the pub/sub reader while Redis is unreachable.
+RECONNECT_BASE = 0.2
+RECONNECT_CAP = 5.0
+# How long one pub/sub read waits before it checks the connection again.
+READ_TIMEOUT = 5.0
+
+_COUNT_LISTENERS = r"""
+-- KEYS[1]: the channel's listener set. ARGV: ttl ms, then members to refresh.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for i = 2, #ARGV do
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[i])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+return redis.call('ZCARD', KEYS[1])
+"""
+
+
+def listeners_key(channel: str) -> str:
+    return f"{PREFIX}:{{{channel}}}:listeners"
+
+
+class RedisHub(Hub):
+    """A :class:`Hub` whose notifications, versions and answers reach every node on one Redis."""
+
+    def __init__(self, url: str, *, presence_ttl: float = PRESENCE_TTL) -> None:
+        super().__init__()
+        self.url = url
+        self.node = secrets.token_hex(6)
+        self.presence_ttl = presence_ttl
+        self._client: aioredis.Redis | None = None
+        self._count_script: Any = None
+        self._subscribed = False
+        self._reader: asyncio.Task[None] | None = None
+        self._refresher: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        # Listener flag -> (channel, member of the channel's listener set).
+        self._members: dict[asyncio.Event, tuple[str, str]] = {}
+        self._member_numbers = 0
+        self._closed = False
+
+    # -- lifecycle -----------------------------------------------------
+
+    async def start(self) -> None:
+        self._client = aioredis.Redis.from_url(self.url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=30)
+        self._count_script = self._client.register_script(_COUNT_LISTENERS)
+        self._reader = asyncio.create_task(self._read_forever(), name="hookrelay-hub-reader")
+        self._refresher = asyncio.create_task(self._refresh_forever(), name="hookrelay-hub-presence")
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for task in (self._reader, self._refresher):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
+        members = defaultdict(list)
+        for channel, member in self._members.values():
+            members[channel].append(member)
+        for channel, names in members.items():
+            await self._try("remove presence", lambda c=channel, n=names: self._client.zrem(listeners_key(c), *n))
+        if self._client is not None:
+            await self._client.aclose()
+
+    @property
+    def ready(self) -> bool:
+        return self._subscribed
+
+    # -- the Hub interface -----------------------------------------------
+
+    def subscribe(self, channel: str, *, watcher: bool = False) -> asyncio.Event:
+        flag = super().subscribe(channel, watcher=watcher)
+        if not watcher:
+            self._member_numbers += 1
+            member = f"{self.node}:{self._member_numbers}"
+            self._members[flag] = (channel, member)
+            self._spawn("add presence", lambda: self._refresh_members(channel, [member]))
+        return flag
+
+    def unsubscribe(self, channel: str, flag: asyncio.Event) -> None:
+        super().unsubscribe(channel, flag)
+        entry = self._members.pop(flag, None)
+        if entry is not None:
+            self._spawn("remove presence", lambda: self._client.zrem(listeners_key(entry[0]), entry[1]))
+
+    def notify(self, channel: str) -> None:
+        super().notify(channel)
+        self._spawn("publish wake-up", lambda: self._client.publish(HUB_CHANNEL, f"W {channel}"))
+
+    def touch(self, channel: str) -> None:
+        self._spawn("publish change", lambda: self._publish_change(channel))
+
+    async def count_listeners(self, channel: str) -> int:
+        local = self.listener_count(channel)
+        try:
+            shared = int(await run_to_end(self._tasks, lambda: self._count_script(keys=[listeners_key(channel)], args=[0])))
+        except (RedisError, OSError) as exc:
+            logger.warning("listener count failed channel=%s, counting this node only: %s", channel, exc)
+            return local
+        # A session that just subscribed may not be in Redis yet.
+        return max(local, shared)
+
+    def deliver_response(self, response: TargetResponse) -> bool:
+        if super().deliver_response(response):
+            return True
+        # The sender may wait on another node, which takes the answer there.
+        self._spawn("publish answer", lambda: self._client.publish(ANSWERS_CHANNEL, encode_response(response)))
+        return True
+
+    def wake_local(self, channel: str) -> None:
+        """Wake this node's listener sessions of ``channel`` only."""
+        for flag in self._listeners.get(channel, ()):
+            flag.set()
+
+    # -- between nodes ---------------------------------------------------
+
+    async def _publish_change(self, channel: str) -> None:
+        try:
+            version = int(await self._client.hincrby(VERSIONS_KEY, channel, 1))
+        except (RedisError, OSError):
+            # Watchers on this node still learn of the change.
+            self._apply_version(channel, self._versions[channel] + 1)
+            raise
+        self._apply_version(channel, version)
+        await self._client.publish(HUB_CHANNEL, f"T {version} {channel}")
+
+    def _apply_version(self, channel: str, version: int) -> None:
+        if version <= self._versions[channel]:
+            return
+        self._versions[channel] = version
+        for flag in self._watchers.get(channel, ()):
+            flag.set()
+
+    async def _read_forever(self) -> None:
+        """Read pub/sub messages; reconnect with backoff while Redis is away."""
+        failures = 0
+        while True:
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(HUB_CHANNEL, ANSWERS_CHANNEL)
+                for channel, version in (await self._client.hgetall(VERSIONS_KEY)).items():
+                    self._apply_version(channel.decode(), int(version))
+                self._subscribed = True
+                if failures:
+                    logger.info("hub reconnected to Redis after %d failed attempts", failures)
+                failures = 0
+                self._wake_everyone()
+                while True:
+                    message = await pubsub.get_message(timeout=READ_TIMEOUT)
+                    if message is not None:
+                        self._dispatch(message["channel"], message["data"])
+            except (RedisError, OSError) as exc:
+                if self._subscribed or failures == 0:
+                    logger.error("hub lost Redis: %s; wake-ups from other nodes stop until it returns", exc)
+                self._subscribed = False
+                failures += 1
+            finally:
+                await asyncio.shield(pubsub.aclose())
+            await asyncio.sleep(min(RECONNECT_CAP, RECONNECT_BASE * 2 ** min(failures, 10)))
+
+    def _dispatch(self, channel: bytes, data: bytes) -> None:
+        if channel == ANSWERS_CHANNEL.encode():
+            try:
+                response = decode_response(data)
+            except ProtocolError as exc:
+                logger.warning("invalid answer on the hub channel: %s", exc)
+                return
+            super().deliver_response(response)
+            return
+        kind, _, rest = data.decode().partition(" ")
+        if kind == "W":
+            self.wake_local(rest)
+        elif kind == "T":
+            version, _, name = rest.partition(" ")
+            self._apply_version(name, int(version))
+
+    def _wake_everyone(self) -> None:
+        for flags in (*self._listeners.values(), *self._watchers.values()):
+            for flag in flags:
+                flag.set()
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.presence_ttl / 3)
+            members = defaultdict(list)
+            for channel, member in self._members.values():
+                members[channel].append(member)
+            for channel, names in members.items():
+                if not await self._try("refresh presence", lambda c=channel, n=names: self._refresh_members(c, n)):
+                    break
+
+    async def _refresh_members(self, channel: str, members: list[str]) -> None:
+        await self._count_script(keys=[listeners_key(channel)], args=[int(self.presence_ttl * 1000), *members])
+
+    # -- tasks -------------------------------------------------------------
+
+    def _spawn(self, what: str, command: Callable[[], Awaitable[Any]]) -> None:
+        """Run a command in the background; it is never cancelled, and a failure is logged."""
+        if self._closed or self._client is None:
+            return
+        task = asyncio.ensure_future(command())
+        self._tasks.add(task)
+        task.add_done_callback(lambda done: self._finished(what, done))
+
+    def _finished(self, what: str, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled() or task.exception() is None:
+            return
+        # While Redis is away every event would log this, and the reader
+        # has already logged "hub lost Redis".
+        level = logging.WARNING if self._subscribed else logging.DEBUG
+        logger.log(level, "hub could not %s: %s", what, task.exception())
+
+    async def _try(self, what: str, command: Any) -> bool:
+        try:
+            await run_to_end(self._tasks, command)
+        except (RedisError, OSError, StoreError) as exc:
+            logger.warning("hub could not %s: %s", what, exc)
+            return False
+        return True

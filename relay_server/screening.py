@@ -1,0 +1,91 @@
+"""What ingest checks before it stores a request: rate, signature, redelivery, event type.
+
+Ingest calls these in order:
+
+1. :func:`admit_channel` once the channel is found: the channel's token
+   bucket, 429 when it is empty;
+2. :func:`screen` once the body is read: the channel's signature check,
+   which in ``reject`` mode responds 401 to anything not ``valid`` and stores
+   nothing; the de-duplication key; the event type;
+3. :func:`duplicate_answer` when the store reports a redelivery.
+
+A request whose signature check failed gets no de-duplication key. Without
+that rule, a forged request carrying a genuine delivery id it had guessed
+would make the relay drop the genuine delivery as a duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from relay_server import dedupe
+from relay_server.channel_security import verify_config
+from relay_server.errors import ConfigError, DuplicateEvent
+from relay_server.event_types import detect_event_type
+from relay_server.limits import json_rejection
+from relay_server.state import RelayState
+from relay_server.store.base import ChannelRecord
+from relay_server.verify import Verdict, verify
+
+logger = logging.getLogger("hookrelay.server.ingest")
+
+Headers = tuple[tuple[bytes, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Screened:
+    """The outcome of :func:`screen`: a rejection, or the fields to store with the event."""
+
+    rejection: web.Response | None = None
+    fields: dict[str, Any] = field(default_factory=dict)
+
+
+def admit_channel(state: RelayState, channel: str) -> web.Response | None:
+    return state.guard.admit_channel(channel)
+
+
+def screen(state: RelayState, channel: ChannelRecord, headers: Headers, body: bytes, now: float) -> Screened:
+    """Check the request against the channel's settings; returns a rejection or the event's extra fields."""
+    verdict = _verdict(channel, headers, body, now)
+    if verdict is not None and not verdict.valid:
+        state.guard.counters.count(f"signature_{verdict.result}", channel.id)
+        if _rejects(channel):
+            logger.info("ingest rejected channel=%s signature=%s", channel.id, verdict.header_value())
+            message = f"signature verification failed: {verdict.scheme} signature is {verdict.result}"
+            return Screened(rejection=json_rejection(401, "signature_invalid", message))
+
+    window = dedupe.window_of(channel.settings)
+    trusted = verdict is None or verdict.valid
+    key = dedupe.dedupe_key(headers, body) if window > 0 and trusted else None
+    fields = {
+        "event_type": detect_event_type(headers, body, channel.settings.get("event_type")),
+        "verification": verdict.header_value() if verdict is not None else None,
+        "dedupe_key": key,
+        "dedupe_window": window if key else 0.0,
+    }
+    return Screened(fields=fields)
+
+
+def duplicate_answer(state: RelayState, duplicate: DuplicateEvent) -> web.Response:
+    """Respond to a provider's redelivery with the id of the event stored the first time."""
+    state.guard.counters.count("duplicates", duplicate.channel)
+    logger.info("ingest deduplicated channel=%s key=%s event_id=%s", duplicate.channel, duplicate.key, duplicate.event_id)
+    return web.json_response({"id": duplicate.event_id, "duplicate": True}, status=200)
+
+
+def _verdict(channel: ChannelRecord, headers: Headers, body: bytes, now: float) -> Verdict | None:
+    try:
+        config = verify_config(channel.settings)
+    except ConfigError as exc:
+        # Settings are validated when set, so this is a damaged database row.
+        logger.error("signature check skipped channel=%s: stored setting is invalid: %s", channel.id, exc)
+        return None
+    return None if config is None else verify(config, headers, body, now)
+
+
+def _rejects(channel: ChannelRecord) -> bool:
+    return (channel.settings.get("verify") or {}).get("mode") == "reject"

@@ -1,0 +1,86 @@
+"""Event type detection per provider and from a channel's configured header or JSON field."""
+
+import json
+from urllib.parse import quote
+
+import pytest
+
+from relay_server.errors import ConfigError
+from relay_server.event_types import check_source, detect_event_type
+
+JSON = (b"Content-Type", b"application/json")
+
+
+def headers(*pairs):
+    return tuple((name.encode(), value.encode()) for name, value in pairs)
+
+
+@pytest.mark.parametrize(
+    "given, body, expected",
+    [
+        (headers(("X-GitHub-Event", "issues"), ("Content-Type", "application/json")), {"action": "opened"}, "issues.opened"),
+        (headers(("X-GitHub-Event", "push"), ("Content-Type", "application/json")), {"ref": "refs/heads/main"}, "push"),
+        (headers(("X-Shopify-Topic", "orders/create"), ("Content-Type", "application/json")), {"id": 1}, "orders/create"),
+        (headers(("Stripe-Signature", "t=1,v1=ab"), ("Content-Type", "application/json")), {"id": "evt_1", "type": "invoice.paid"}, "invoice.paid"),
+        (headers(("webhook-id", "msg_1"), ("Content-Type", "application/json")), {"type": "user.created", "data": {}}, "user.created"),
+        (
+            headers(("Content-Type", "application/json")),
+            {"type": "event_callback", "event": {"type": "app_mention", "text": "hi"}},
+            "app_mention",
+        ),
+        (headers(("Content-Type", "application/json")), {"type": "url_verification", "challenge": "c"}, "url_verification"),
+        (headers(("X-Gitlab-Event", "Push Hook"), ("Content-Type", "application/json")), {}, "Push Hook"),
+    ],
+)
+def test_provider_event_types(given, body, expected):
+    """Each provider's event type comes from its header, its body, or both."""
+    assert detect_event_type(given, json.dumps(body).encode()) == expected
+
+
+def test_slack_interactive_form_payload():
+    """Slack interactive payloads arrive form-encoded in a `payload` field that holds JSON."""
+    payload = json.dumps({"type": "block_actions", "actions": [{"value": "café"}]})
+    body = ("payload=" + quote(payload)).encode()
+
+    detected = detect_event_type(headers(("Content-Type", "application/x-www-form-urlencoded")), body)
+
+    assert detected == "block_actions"
+
+
+def test_configured_header_wins():
+    """A channel's configured header is read before provider detection."""
+    given = headers(("X-GitHub-Event", "push"), ("X-Event-Name", "deploy.finished"))
+
+    assert detect_event_type(given, b"{}", {"header": "x-event-name"}) == "deploy.finished"
+
+
+def test_configured_json_field():
+    """A configured dotted JSON path reaches nested fields and list items."""
+    body = json.dumps({"data": {"items": [{"kind": "refund"}]}, "type": "ignored"}).encode()
+
+    assert detect_event_type((JSON,), body, {"json": "data.items.0.kind"}) == "refund"
+
+
+def test_configured_source_falls_back():
+    """When the configured field is absent, provider detection still applies."""
+    body = json.dumps({"type": "invoice.paid"}).encode()
+
+    assert detect_event_type((JSON,), body, {"json": "meta.kind"}) == "invoice.paid"
+
+
+@pytest.mark.parametrize("body", [b"[" * 200_000, b"{" * 100_000, b"\xff\xfe{", b'{"type": 5}', b'{"type": "' + b"x" * 500 + b'"}'])
+def test_hostile_bodies_have_no_type(body):
+    """Deeply nested, undecodable or odd JSON gives no type and raises nothing."""
+    assert detect_event_type((JSON,), body) is None
+
+
+@pytest.mark.parametrize("raw", [{"header": "X-Kind"}, {"json": "data.kind"}])
+def test_check_source_accepts(raw):
+    assert check_source(raw) == raw
+
+
+@pytest.mark.parametrize("raw", [{}, {"header": ""}, {"xml": "a"}, {"header": "a", "json": "b"}, {"header": "X Bad"}, "X-Kind"])
+def test_check_source_rejects(raw):
+    """Anything but one header name or one dotted path raises ConfigError."""
+    with pytest.raises(ConfigError):
+        check_source(raw)
