@@ -6,7 +6,10 @@ buttons resend one, with the same id each time:
 * GitHub: the ``X-GitHub-Delivery`` header;
 * Standard Webhooks: the ``webhook-id`` header (``svix-id`` from Svix);
 * Stripe: the event's ``id`` in the JSON body, recognised by a
-  ``Stripe-Signature`` header or ``"object": "event"``.
+  ``Stripe-Signature`` header or ``"object": "event"``;
+* Slack: a retry (``X-Slack-Retry-Num``) repeats the first request's
+  ``X-Slack-Request-Timestamp`` and ``X-Slack-Signature``, an HMAC over
+  that timestamp and the body, so the pair names the request.
 
 Ingest passes the key to the store, which keeps the first event stored
 under it for the channel's de-duplication window and answers the repeats
@@ -34,7 +37,17 @@ def dedupe_key(headers: Headers, body: bytes) -> str | None:
         value = lowered.get(header, b"").decode("latin-1").strip()
         if 0 < len(value) <= _MAX_ID_LENGTH:
             return f"{provider}:{value}"
-    return _stripe_key(lowered, body)
+    return _slack_key(lowered) or _stripe_key(lowered, body)
+
+
+def retry_note(headers: Headers) -> str | None:
+    """Describe a provider's retry marker (Slack's retry number and reason), if the request has one."""
+    lowered = {name.lower(): value for name, value in reversed(headers)}
+    number = lowered.get(b"x-slack-retry-num")
+    if number is None:
+        return None
+    reason = lowered.get(b"x-slack-retry-reason", b"unknown").decode("latin-1")
+    return f"slack retry {number.decode('latin-1')} ({reason})"
 
 
 def window_of(settings: dict[str, Any]) -> float:
@@ -48,6 +61,14 @@ def check_window(raw: Any) -> float:
     if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not 0 <= raw <= MAX_WINDOW:
         raise ConfigError("dedupe window", raw, f"use a number of seconds from 0 (off) to {MAX_WINDOW:.0f} (30 days)")
     return float(raw)
+
+
+def _slack_key(lowered: dict[bytes, bytes]) -> str | None:
+    timestamp = lowered.get(b"x-slack-request-timestamp", b"").decode("latin-1").strip()
+    signature = lowered.get(b"x-slack-signature", b"").decode("latin-1").strip()
+    if not timestamp or not signature or len(timestamp) + len(signature) > _MAX_ID_LENGTH:
+        return None
+    return f"slack:{timestamp}:{signature}"
 
 
 def _stripe_key(lowered: dict[bytes, bytes], body: bytes) -> str | None:

@@ -108,7 +108,7 @@ async def handle_ingest(request: web.Request) -> web.StreamResponse:
         return _store_failed(channel_id, event.id, exc)
     except DuplicateEvent as exc:
         state.hub.forget_response(event.id)
-        return duplicate_answer(state, exc)
+        return await duplicate_answer(state, exc, event.headers)
 
     state.hub.notify(channel_id)
     if logger.isEnabledFor(logging.DEBUG):

@@ -86,12 +86,11 @@ async def answer_sender(
     finally:
         state.hub.forget_response(event_id)
     await _record(state, channel, event_id, SenderAnswer(response.status, response.headers, response.body, "target", time.time()))
-    answer = _from_target(response)
-    answer.headers["X-Hookrelay-Event-Id"] = event_id
-    return answer
+    return target_response(response)
 
 
-def _from_target(response: TargetResponse) -> web.Response:
+def target_response(response: TargetResponse) -> web.Response:
+    """Build the sender's response from the target's: status, end-to-end headers and body."""
     answer = web.Response(status=response.status, body=response.body)
     # Drop the default Content-Type aiohttp would add: the target's own
     # headers, or none, are what the sender must see.
@@ -103,6 +102,7 @@ def _from_target(response: TargetResponse) -> web.Response:
         # NOTE: aiohttp writes header values as UTF-8, so a value that is not
         # valid UTF-8 reaches the sender with U+FFFD in place of those bytes.
         answer.headers.add(text_name, value.decode("utf-8", "replace"))
+    answer.headers["X-Hookrelay-Event-Id"] = response.event_id
     return answer
 
 

@@ -23,6 +23,8 @@ from typing import Any
 from aiohttp import web
 
 from relay_server import dedupe
+from relay_server.protocol import TargetResponse
+from relay_server.responses import target_response
 from relay_server.channel_security import verify_config
 from relay_server.errors import ConfigError, DuplicateEvent
 from relay_server.event_types import detect_event_type
@@ -70,11 +72,25 @@ def screen(state: RelayState, channel: ChannelRecord, headers: Headers, body: by
     return Screened(fields=fields)
 
 
-def duplicate_answer(state: RelayState, duplicate: DuplicateEvent) -> web.Response:
-    """Respond to a provider's redelivery with the id of the event stored the first time."""
+async def duplicate_answer(state: RelayState, duplicate: DuplicateEvent, headers: Headers) -> web.Response:
+    """Respond to a provider's redelivery without storing or delivering it again.
+
+    When the first request of a sync channel got the target's response, the
+    redelivery gets the same response, so a provider that retried because
+    the first answer was slow (Slack) sees its request succeed.
+    """
     state.guard.counters.count("duplicates", duplicate.channel)
-    logger.info("ingest deduplicated channel=%s key=%s event_id=%s", duplicate.channel, duplicate.key, duplicate.event_id)
-    return web.json_response({"id": duplicate.event_id, "duplicate": True}, status=200)
+    note = dedupe.retry_note(headers)
+    logger.info(
+        "ingest deduplicated channel=%s key=%s event_id=%s retry=%s", duplicate.channel, duplicate.key, duplicate.event_id, note
+    )
+    detail = await state.store.get_event(duplicate.channel, duplicate.event_id)
+    if detail is not None and detail.answer is not None and detail.answer.source == "target":
+        answer = detail.answer
+        response = target_response(TargetResponse(duplicate.event_id, answer.status, answer.headers, answer.body))
+        response.headers["X-Hookrelay-Duplicate"] = note or "true"
+        return response
+    return web.json_response({"id": duplicate.event_id, "duplicate": True, "retry": note}, status=200)
 
 
 def _verdict(channel: ChannelRecord, headers: Headers, body: bytes, now: float) -> Verdict | None:

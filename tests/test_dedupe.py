@@ -7,6 +7,7 @@ import time
 import pytest
 
 from relay_server.channel_security import apply_patch, public_view
+from relay_server import dedupe
 from relay_server.dedupe import DEFAULT_WINDOW, dedupe_key, window_of
 from relay_server.errors import ChannelFull, ConfigError, DuplicateEvent
 from relay_server.ids import hash_token
@@ -203,3 +204,17 @@ def test_patch_keeps_other_settings():
     settings = apply_patch({"response": {"mode": "sync"}}, {"dedupe_window": 0, "event_type": {"header": "X-Kind"}})
 
     assert settings == {"response": {"mode": "sync"}, "dedupe_window": 0.0, "event_type": {"header": "X-Kind"}}
+
+
+def test_slack_request_key_ignores_retry_headers():
+    """A Slack retry has the same key as its first request: timestamp and signature."""
+    first = ((b"X-Slack-Request-Timestamp", b"1700000000"), (b"X-Slack-Signature", b"v0=abc"))
+    retry = first + ((b"X-Slack-Retry-Num", b"1"), (b"X-Slack-Retry-Reason", b"http_timeout"))
+    assert dedupe.dedupe_key(first, b"{}") == "slack:1700000000:v0=abc"
+    assert dedupe.dedupe_key(retry, b"{}") == dedupe.dedupe_key(first, b"{}")
+
+
+def test_retry_note_names_slack_retry():
+    """The retry note carries Slack's retry number and reason."""
+    assert dedupe.retry_note(((b"x-slack-retry-num", b"3"), (b"X-Slack-Retry-Reason", b"http_error"))) == "slack retry 3 (http_error)"
+    assert dedupe.retry_note(((b"X-Other", b"1"),)) is None

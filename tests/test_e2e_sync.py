@@ -233,3 +233,42 @@ async def test_async_channel_still_answers_202(runner, shared_relay, app):
     answer = await send_request(channel.url, method="GET", tail="/dropbox", query="challenge=abc")
     assert answer.status == 202
     assert answer.json()["id"].startswith("evt_")
+
+
+def slack_headers(retry: int | None = None) -> list[tuple[str, str]]:
+    headers = [
+        ("Content-Type", "application/json"),
+        ("X-Slack-Request-Timestamp", "1700000099"),
+        ("X-Slack-Signature", "v0=" + "ab" * 32),
+    ]
+    if retry is not None:
+        headers += [("X-Slack-Retry-Num", str(retry)), ("X-Slack-Retry-Reason", "http_timeout")]
+    return headers
+
+
+async def test_slack_retry_gets_first_answer_once(runner, shared_relay, app):
+    """A Slack retry of an answered request gets the same answer and is not delivered again."""
+    channel = await sync_channel(runner, shared_relay.url)
+    await listening(runner, shared_relay, channel, app)
+    body = b'{"token":"t","challenge":"retry-check","type":"url_verification"}'
+    first = await send_request(channel.url, headers=slack_headers(), body=body, tail="/slack")
+    retry = await send_request(channel.url, headers=slack_headers(retry=1), body=body, tail="/slack")
+    event_id = first.header("X-Hookrelay-Event-Id")
+    assert first.json() == {"challenge": "retry-check"}
+    assert retry.status == 200
+    assert retry.json() == {"challenge": "retry-check"}
+    assert retry.header("X-Hookrelay-Event-Id") == event_id
+    assert retry.header("X-Hookrelay-Duplicate") == "slack retry 1 (http_timeout)"
+    await asyncio.sleep(1.0)
+    assert [r[2] for r in app.requests].count(event_id) == 1
+
+
+async def test_slack_retry_on_async_channel_is_reported(runner, shared_relay, app):
+    """On an async channel a Slack retry is answered as a duplicate naming the retry."""
+    channel = await runner.create_channel(shared_relay.url)
+    body = b'{"type":"event_callback","event":{"type":"message"}}'
+    first = await send_request(channel.url, headers=slack_headers(), body=body, tail="/slack")
+    retry = await send_request(channel.url, headers=slack_headers(retry=2), body=body, tail="/slack")
+    assert first.status == 202
+    assert retry.status == 200
+    assert retry.json() == {"id": first.json()["id"], "duplicate": True, "retry": "slack retry 2 (http_timeout)"}
