@@ -61,15 +61,17 @@ class ListenerSession:
                 for task in (pump, receive):
                     task.cancel()
                 await asyncio.gather(pump, receive, return_exceptions=True)
-            await self._close_after_failure(pump)
+            await self._close_after_failure(pump, receive)
         finally:
             await self._release()
 
-    async def _close_after_failure(self, pump: asyncio.Task[None]) -> None:
-        """Close the websocket when the pump failed, so the listener reconnects and gets its events."""
-        if pump.cancelled() or pump.exception() is None:
+    async def _close_after_failure(self, *tasks: asyncio.Task[None]) -> None:
+        """Log a failed pump or receive loop and close with 1011, so the listener reconnects."""
+        failures = [task.exception() for task in tasks if not task.cancelled() and task.exception() is not None]
+        if not failures:
             return
-        logger.error("session failed consumer=%s: %s", self.consumer, pump.exception())
+        for failure in failures:
+            logger.error("session failed consumer=%s: %r", self.consumer, failure, exc_info=failure)
         await self.ws.close(code=CLOSE_INTERNAL_ERROR, message=b"relay error; reconnect")
 
     async def _send_welcome(self) -> None:
