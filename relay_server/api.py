@@ -8,10 +8,13 @@ exist. When the relay has an admin token, creating channels needs it.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import re
 import time
+
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -26,6 +29,8 @@ from relay_server.state import RelayState
 from relay_server.store.base import DEFAULT_GROUP, ChannelRecord
 
 logger = logging.getLogger("hookrelay.server.api")
+
+ChannelHandler = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
 
 _GROUP_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 # The relay's frames add a JSON header to each body; this leaves room for it.
@@ -52,6 +57,23 @@ async def authorize_channel(request: web.Request) -> str | None:
     return channel_id
 
 
+def with_channel_token(handler: ChannelHandler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """Wrap a handler so it runs only for requests that carry the channel's token.
+
+    The wrapped handler receives the channel id; any other request gets the
+    same 401, whether the token is wrong or the channel does not exist.
+    """
+
+    @functools.wraps(handler)
+    async def checked(request: web.Request) -> web.StreamResponse:
+        channel_id = await authorize_channel(request)
+        if channel_id is None:
+            return unauthorized()
+        return await handler(request, channel_id)
+
+    return checked
+
+
 async def create_channel(request: web.Request) -> web.Response:
     state: RelayState = request.app["state"]
     admin = state.config.admin_token
@@ -66,10 +88,8 @@ async def create_channel(request: web.Request) -> web.Response:
     return web.json_response(body, status=201)
 
 
-async def show_channel(request: web.Request) -> web.Response:
-    channel_id = await authorize_channel(request)
-    if channel_id is None:
-        return unauthorized()
+@with_channel_token
+async def show_channel(request: web.Request, channel_id: str) -> web.Response:
     state: RelayState = request.app["state"]
     channel = await state.store.get_channel(channel_id)
     assert channel is not None
@@ -86,10 +106,8 @@ async def show_channel(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
-async def rotate_token(request: web.Request) -> web.Response:
-    channel_id = await authorize_channel(request)
-    if channel_id is None:
-        return unauthorized()
+@with_channel_token
+async def rotate_token(request: web.Request, channel_id: str) -> web.Response:
     state: RelayState = request.app["state"]
     token = new_token()
     await state.store.set_token_hash(channel_id, hash_token(token))
@@ -97,10 +115,8 @@ async def rotate_token(request: web.Request) -> web.Response:
     return web.json_response({"channel": channel_id, "token": token})
 
 
-async def listen(request: web.Request) -> web.StreamResponse:
-    channel_id = await authorize_channel(request)
-    if channel_id is None:
-        return unauthorized()
+@with_channel_token
+async def listen(request: web.Request, channel_id: str) -> web.StreamResponse:
     group = request.query.get("group", DEFAULT_GROUP)
     if not _GROUP_NAME.match(group):
         return json_error(400, "invalid_group", "group names use 1-64 letters, digits and _ . : -")

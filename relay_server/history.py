@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from relay_server import channel_security, responses
-from relay_server.api import authorize_channel, unauthorized
+from relay_server.api import with_channel_token
 from relay_server.errors import ConfigError
 from relay_server.ingest import json_error
 from relay_server.state import RelayState
@@ -131,10 +131,8 @@ def _number(params: Any, key: str, kind: type) -> Any:
         raise ValueError(f"{key} must be a number, not {value!r}") from None
 
 
-async def list_events(request: web.Request) -> web.Response:
-    channel = await authorize_channel(request)
-    if channel is None:
-        return unauthorized()
+@with_channel_token
+async def list_events(request: web.Request, channel: str) -> web.Response:
     state: RelayState = request.app["state"]
     try:
         query = parse_query(request)
@@ -160,10 +158,8 @@ async def _wait_for_change(state: RelayState, channel: str, wait: float) -> None
         state.hub.unsubscribe(channel, flag)
 
 
-async def show_event(request: web.Request) -> web.Response:
-    channel = await authorize_channel(request)
-    if channel is None:
-        return unauthorized()
+@with_channel_token
+async def show_event(request: web.Request, channel: str) -> web.Response:
     state: RelayState = request.app["state"]
     detail = await state.store.get_event(channel, request.match_info["event"])
     if detail is None:
@@ -171,10 +167,8 @@ async def show_event(request: web.Request) -> web.Response:
     return web.json_response(detail_json(detail, request.query.get("group", DEFAULT_GROUP)))
 
 
-async def replay_event(request: web.Request) -> web.Response:
-    channel = await authorize_channel(request)
-    if channel is None:
-        return unauthorized()
+@with_channel_token
+async def replay_event(request: web.Request, channel: str) -> web.Response:
     state: RelayState = request.app["state"]
     group = request.query.get("group", DEFAULT_GROUP)
     event_id = request.match_info["event"]
@@ -185,10 +179,8 @@ async def replay_event(request: web.Request) -> web.Response:
     return web.json_response({"id": event_id, "group": group, "state": "pending"}, status=202)
 
 
-async def delete_event(request: web.Request) -> web.StreamResponse:
-    channel = await authorize_channel(request)
-    if channel is None:
-        return unauthorized()
+@with_channel_token
+async def delete_event(request: web.Request, channel: str) -> web.StreamResponse:
     state: RelayState = request.app["state"]
     event_id = request.match_info["event"]
     if not await state.store.delete_event(channel, event_id):
@@ -198,11 +190,9 @@ async def delete_event(request: web.Request) -> web.StreamResponse:
     return web.Response(status=204)
 
 
-async def update_channel(request: web.Request) -> web.Response:
+@with_channel_token
+async def update_channel(request: web.Request, channel_id: str) -> web.Response:
     """Change a channel's settings; only ``response`` is settable here."""
-    channel_id = await authorize_channel(request)
-    if channel_id is None:
-        return unauthorized()
     state: RelayState = request.app["state"]
     try:
         patch = await request.json()
