@@ -41,7 +41,7 @@ from relay_server.protocol import (
     encode_response,
 )
 
-# What the acker sends, in the order deliveries produce it.
+# Items the acker sends, in the order deliveries produce them.
 Outgoing = DeliveryResult | AttemptReport | TargetResponse
 
 logger = logging.getLogger("hookrelay.client")
@@ -51,7 +51,7 @@ REMEMBERED_RESULTS = 4096
 
 
 class ListenerEvents(Protocol):
-    """What the listener reports to whoever renders it (the console, a test)."""
+    """Listener events, for the code that renders them (the console, a test)."""
 
     def connected(self, welcome: Welcome) -> None: ...
 

@@ -41,7 +41,7 @@ def display_target(event: Event) -> str:
 
 
 class ListenerConsole:
-    """Renders listener events: Rich lines on stderr, JSON lines on stdout."""
+    """Renderer of listener events: Rich lines on stderr, JSON lines on stdout."""
 
     def __init__(
         self,
@@ -160,7 +160,7 @@ def parse_verification(value: str | None) -> tuple[str, str] | None:
 
 
 def delivery_record(event: Event, result: DeliveryResult, target: Target | None, group: str) -> dict[str, object]:
-    """The ``--json`` object for one finished delivery; ``target`` is None for a skipped event without a route."""
+    """Build the ``--json`` object for one finished delivery; ``target`` is None for a skipped event without a route."""
     verdict = parse_verification(event.verification)
     return {
         "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),

@@ -69,7 +69,7 @@ CLOSE_INTERNAL_ERROR = 1011
 
 
 class ProtocolError(ValueError):
-    """A frame does not follow the wire protocol; the text says which part."""
+    """Raised when a frame breaks the wire protocol; the message names the defect."""
 
 
 def bytes_to_wire(data: bytes) -> str:
@@ -125,7 +125,7 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class DeliveryResult:
-    """What a listener reports after it finished with one event."""
+    """Outcome of one event, as the listener reports it when it is done with the event."""
 
     event_id: str
     outcome: str
