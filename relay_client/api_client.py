@@ -24,6 +24,8 @@ async def request_json(
                 text = await response.text()
                 status = response.status
         answer = json.loads(text) if text else {}
+    except aiohttp.ClientConnectorError as exc:
+        raise RelayUnreachable(relay, f"cannot connect: {exc.os_error.strerror or exc.os_error}") from exc
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise RelayUnreachable(relay, str(exc) or type(exc).__name__) from exc
     except ValueError as exc:

@@ -19,7 +19,6 @@ from typing import Annotated, Optional
 
 import platformdirs
 import typer
-from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
@@ -243,7 +242,7 @@ def channel_list(as_json: JsonOption = False) -> None:
     table = Table("relay", "channel", "url")
     for relay, saved in rows:
         table.add_row(relay, saved.channel, saved.url)
-    Console(soft_wrap=True).print(table)
+    data_console().print(table)
 
 
 @channel_app.command("show")
@@ -319,8 +318,9 @@ def _exit_status(exc: ClientError) -> ExitStatus:
         return ExitStatus.USAGE
     if isinstance(exc, RelayUnreachable):
         return ExitStatus.UNREACHABLE
-    if isinstance(exc, RelayRejected):
-        return ExitStatus.ERROR
+    if isinstance(exc, RelayRejected) and exc.status == 400:
+        # The relay found an option's value invalid.
+        return ExitStatus.USAGE
     return ExitStatus.ERROR
 
 
@@ -342,10 +342,12 @@ def main() -> None:
     except typer.TyperException as exc:
         # Usage errors (unknown option, invalid value) carry their own text
         # and exit status.
-        show = getattr(exc, "show", None)
-        if show is None:
+        message = getattr(exc, "format_message", None)
+        if message is None:
             raise
-        show(file=sys.stderr)
+        context = getattr(exc, "ctx", None)
+        command = context.command_path if context is not None else "hookrelay"
+        stderr.print(f"hookrelay: error: {message()} (see '{command} --help')", markup=False, highlight=False)
         sys.exit(getattr(exc, "exit_code", ExitStatus.USAGE))
     sys.exit(status if isinstance(status, int) else ExitStatus.OK)
 

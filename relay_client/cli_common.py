@@ -29,6 +29,18 @@ class ExitStatus(enum.IntEnum):
 # Logs, progress and errors; stdout carries data only.
 stderr = Console(stderr=True, soft_wrap=True, highlight=False)
 
+# Width for tables when stdout is not a terminal: wide enough that event and
+# channel ids are never cut, so they can be copied from a log or a pipe.
+_PIPE_WIDTH = 250
+
+
+def data_console() -> Console:
+    """Return a console for tables and text on stdout."""
+    console = Console(soft_wrap=True, highlight=False)
+    if not console.is_terminal:
+        console.width = _PIPE_WIDTH
+    return console
+
 RelayOption = Annotated[str, typer.Option("--relay", envvar="HOOKRELAY_RELAY", help="Base URL of the relay.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print data as JSON on stdout.")]
 AdminTokenOption = Annotated[
@@ -44,7 +56,7 @@ TokenOption = Annotated[
     typer.Option("--token", envvar="HOOKRELAY_TOKEN", help="The channel's token; default: the remembered one.", show_default=False),
 ]
 
-__all__ = ["DEFAULT_RELAY", "ExitStatus", "stderr", "configure_logging", "inspector_url", "known_channel"]
+__all__ = ["DEFAULT_RELAY", "ExitStatus", "stderr", "data_console", "configure_logging", "inspector_url", "known_channel"]
 
 
 def configure_logging(level: str) -> None:
@@ -60,7 +72,7 @@ def known_channel(relay: str, channel: str | None, token: str | None) -> SavedCh
     """Return the channel a command works on: given, or remembered for ``relay``; never created."""
     book = ChannelBook()
     if channel is None and book.default_for(relay) is None:
-        raise UsageError("--channel", None, f"no channel given and none is remembered for {relay}; pass --channel and --token")
+        raise UsageError("--channel", None, f"no channel is remembered for relay {relay}; pass --channel and --token")
     saved, _ = asyncio.run(resolve_channel(relay, channel or book.default_for(relay).channel, token, None, book))
     return saved
 

@@ -16,17 +16,26 @@ from typing import Annotated, Any, Optional
 
 import aiohttp
 import typer
-from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from relay_client import api_client
-from relay_client.cli_common import DEFAULT_RELAY, ChannelOption, JsonOption, RelayOption, TokenOption, known_channel, stderr
+from relay_client.cli_common import (
+    DEFAULT_RELAY,
+    ChannelOption,
+    JsonOption,
+    RelayOption,
+    TokenOption,
+    data_console,
+    known_channel,
+    stderr,
+)
 from relay_client.config import ListenerConfig, parse_target
 from relay_client.console import printable
 from relay_client.errors import RelayUnreachable, UsageError
 from relay_client.forwarder import Forwarder
 from relay_client.retry import RetryPolicy
+from relay_client.settings import ChannelBook
 from relay_server.protocol import Event
 
 events_app = typer.Typer(help="List, show, replay and delete a channel's events.", no_args_is_help=True)
@@ -86,7 +95,7 @@ def list_events(
             str(row["status"] or ""),
             str(row["attempts"]),
         )
-    Console(soft_wrap=True).print(table)
+    data_console().print(table)
 
 
 @events_app.command("show")
@@ -102,15 +111,33 @@ def show_event(
     if as_json:
         print(json.dumps(detail))
         return
-    out = Console(soft_wrap=True, highlight=False)
+    out = data_console()
     out.print(Text(f"{detail['method']} {printable(detail['path'])}", style="bold"))
     out.print(f"id {detail['id']}  received {_time(detail['received_at'])}  from {detail['remote']}  {detail['size']} bytes  {detail['state']}")
     for name, value in detail["headers"]:
         out.print(Text(f"{printable(name)}: {printable(value)}"))
     out.print()
-    out.print(Text(printable(detail["body_text"]) if detail["body_text"] is not None else f"<{detail['size']} bytes of binary data>"))
+    out.print(Text(_readable_body(detail)))
+    out.print()
     for attempt in detail["attempts"]:
-        out.print(f"attempt {attempt['attempt']} ({attempt['group']}): status {attempt['status']}  {attempt['duration_ms']:.0f} ms  {attempt['error'] or ''}")
+        status = attempt["status"] if attempt["status"] is not None else "no answer"
+        out.print(Text(f"attempt {attempt['attempt']} ({attempt['group']}): {status}  {attempt['duration_ms']:.0f} ms  {printable(attempt['error'] or '')}"))
+    answer = detail.get("answer")
+    if answer is not None:
+        out.print(Text(f"answer to the sender: {answer['status']} ({answer['source']})"))
+
+
+def _readable_body(detail: dict[str, Any]) -> str:
+    """Return the body for a terminal: JSON indented, text with its line breaks, binary as a size."""
+    text = detail["body_text"]
+    if text is None:
+        return f"<{detail['size']} bytes of binary data; --json has it in base64>"
+    try:
+        text = json.dumps(json.loads(text), indent=2, ensure_ascii=False)
+    except ValueError:
+        pass
+    # Line breaks and tabs are layout; every other control character is escaped.
+    return "\n".join(printable(line).replace("\\x09", "\t") for line in text.split("\n"))
 
 
 @events_app.command("replay")
@@ -197,8 +224,9 @@ def event_from_detail(detail: dict[str, Any]) -> Event:
 def send(
     payload: Annotated[Optional[Path], typer.Argument(help="File with the body; - reads stdin.", show_default=False)] = None,
     sample: Annotated[Optional[str], typer.Option(help=f"Built-in payload: {', '.join(SAMPLES)}.", show_default=False)] = None,
-    url: Annotated[Optional[str], typer.Option(help="Channel URL; default: the remembered channel of --relay.", show_default=False)] = None,
+    url: Annotated[Optional[str], typer.Option(help="Channel URL; default: the URL of --channel on --relay.", show_default=False)] = None,
     relay: RelayOption = DEFAULT_RELAY,
+    channel: ChannelOption = None,
     method: Annotated[str, typer.Option(help="HTTP method.")] = "POST",
     path: Annotated[str, typer.Option(help="Path and query below the channel URL, e.g. /github?x=1.")] = "",
     header: Annotated[Optional[list[str]], typer.Option("--header", "-H", help="Extra header 'Name: value'; repeatable.", show_default=False)] = None,
@@ -211,10 +239,10 @@ def send(
     if github_secret:
         digest = hmac.new(github_secret.encode(), body, hashlib.sha256).hexdigest()
         headers += [("X-GitHub-Delivery", str(uuid.uuid4())), ("X-Hub-Signature-256", f"sha256={digest}")]
-    channel_url = url or _remembered_url(relay)
+    channel_url = url or _remembered_url(relay, channel)
     status, answer = asyncio.run(_post(method, channel_url + path, headers, body))
     if as_json:
-        print(json.dumps({"status": status, "answer": answer}))
+        print(json.dumps({"status": status, "answer": _json_or_text(answer)}))
     else:
         stderr.print(Text(f"{method} {channel_url + path}: HTTP {status} {printable(answer)}"))
     if status >= 400:
@@ -241,11 +269,18 @@ def _parse_header(item: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
-def _remembered_url(relay: str) -> str:
-    saved = known_channel(relay, None, None)
-    if not saved.url:
-        raise UsageError("--url", None, "the remembered channel has no URL; pass --url")
+def _remembered_url(relay: str, channel: str | None) -> str:
+    saved = ChannelBook().find(relay, channel) if channel else known_channel(relay, None, None)
+    if saved is None or not saved.url:
+        raise UsageError("--url", None, f"no URL is remembered for channel {channel} on relay {relay}; pass --url")
     return saved.url
+
+
+def _json_or_text(answer: str) -> Any:
+    try:
+        return json.loads(answer)
+    except ValueError:
+        return answer
 
 
 async def _post(method: str, url: str, headers: list[tuple[str, str]], body: bytes) -> tuple[int, str]:

@@ -69,7 +69,7 @@ def parse_target(value: str) -> Target:
         return Target("http", match["host"], _port(match["port"], value), match["path"] or "")
     parts = urlsplit(text)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError("--forward", value, "use a port (8000), host:port (localhost:8000) or a URL (http://localhost:8000/hooks)")
+        raise UsageError("--forward", value, "use a port (8000), host:port with an optional path (localhost:8000/hooks) or a URL (http://localhost:8000/hooks)")
     if parts.username or parts.password:
         raise UsageError("--forward", parts.hostname, "credentials in the target URL are not supported")
     if parts.query or parts.fragment:

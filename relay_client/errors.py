@@ -74,4 +74,6 @@ class UsageError(ClientError):
         self.hint = hint
 
     def __str__(self) -> str:
+        if self.value is None:
+            return f"missing {self.option}: {self.hint}"
         return f"invalid {self.option} {self.value!r}: {self.hint}"

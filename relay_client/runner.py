@@ -38,7 +38,12 @@ async def resolve_channel(relay: str, channel: str | None, token: str | None, ad
     if channel:
         known = book.find(relay, channel)
         if known is None:
-            raise UsageError("--token", None, f"no token given for channel {channel} and none is remembered; pass --token")
+            raise UsageError(
+                "--token",
+                None,
+                f"no token is remembered for channel {channel} on relay {relay}; pass --token,"
+                " or --relay with the relay the channel was created on",
+            )
         return known, False
     remembered = book.default_for(relay)
     if remembered is not None:

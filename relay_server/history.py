@@ -214,7 +214,7 @@ async def update_channel(request: web.Request, channel_id: str) -> web.Response:
 
 
 def _event_not_found(request: web.Request) -> web.Response:
-    return json_error(404, "event_not_found", f"no event {request.match_info['event']} in this channel")
+    return json_error(404, "event_not_found", f"no event {request.match_info['event']} in channel {request.match_info['channel']}")
 
 
 def add_routes(app: web.Application) -> None:

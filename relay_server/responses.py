@@ -109,7 +109,7 @@ def target_response(response: TargetResponse) -> web.Response:
 async def _fall_back(state: RelayState, channel: str, event_id: str, settings: ResponseSettings, reason: str) -> web.Response:
     logger.info("sync answer fell back channel=%s event_id=%s status=%d: %s", channel, event_id, settings.fallback, reason)
     body = {"id": event_id, "held": True, "reason": reason}
-    answer = web.json_response(body, status=settings.fallback)
+    answer = web.json_response(body, status=settings.fallback, headers={"X-Hookrelay-Event-Id": event_id})
     if settings.fallback != 202:
         answer.headers["Retry-After"] = "5"
     await _record(state, channel, event_id, SenderAnswer(settings.fallback, (), answer.body, "fallback", time.time()))

@@ -90,7 +90,10 @@ async def duplicate_answer(state: RelayState, duplicate: DuplicateEvent, headers
         response = target_response(TargetResponse(duplicate.event_id, answer.status, answer.headers, answer.body))
         response.headers["X-Hookrelay-Duplicate"] = note or "true"
         return response
-    return web.json_response({"id": duplicate.event_id, "duplicate": True, "retry": note}, status=200)
+    body: dict[str, object] = {"id": duplicate.event_id, "duplicate": True}
+    if note is not None:
+        body["retry"] = note
+    return web.json_response(body, status=200)
 
 
 def _verdict(channel: ChannelRecord, headers: Headers, body: bytes, now: float) -> Verdict | None:

@@ -168,7 +168,7 @@ async def test_events_delete(runner, shared_relay):
     exit_code, stdout, stderr = await runner.run(["events", "delete", doomed, *options])
     assert exit_code == EXIT_ERROR
     assert stderr.strip() == (
-        f"hookrelay: error: relay {shared_relay.url} rejected the request: HTTP 404: no event {doomed} in this channel"
+        f"hookrelay: error: relay {shared_relay.url} rejected the request: HTTP 404: no event {doomed} in channel {channel.id}"
     )
 
 
@@ -248,7 +248,7 @@ async def test_send_file(runner, shared_relay, tmp_path):
     result = await run_json(runner, ["send", str(payload), "--url", channel.url, "--path", "/from-file?x=1", "-H", "X-Extra: yes", "--json"])
 
     assert result["status"] == 202
-    event_id = json.loads(result["answer"])["id"]
+    event_id = result["answer"]["id"]
     detail = await ChannelApi(shared_relay.url, channel).show(event_id)
     target, headers, body = decode_raw(detail)
     assert body == payload.read_bytes()
@@ -266,7 +266,7 @@ async def test_send_stdin_binary(runner, shared_relay):
     exit_code, stdout, stderr = await run_with_stdin(runner, ["send", "-", "--url", channel.url, "--method", "PUT", "--json"], body)
 
     assert exit_code == 0, stderr
-    event_id = json.loads(json.loads(stdout)["answer"])["id"]
+    event_id = json.loads(stdout)["answer"]["id"]
     detail = await ChannelApi(shared_relay.url, channel).show(event_id)
     _, headers, stored = decode_raw(detail)
     assert stored == body
@@ -282,7 +282,7 @@ async def test_send_github_secret_signs_body(runner, shared_relay, tmp_path):
 
     result = await run_json(runner, ["send", str(payload), "--url", channel.url, "--github-secret", "s3cret", "--json"])
 
-    event_id = json.loads(result["answer"])["id"]
+    event_id = result["answer"]["id"]
     _, headers, body = decode_raw(await ChannelApi(shared_relay.url, channel).show(event_id))
     values = {name.decode().lower(): value.decode() for name, value in headers}
     assert body == payload.read_bytes()

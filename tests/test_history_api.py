@@ -308,7 +308,7 @@ async def test_unknown_event_404(method, suffix, runner, shared_relay):
     answer = await api.call(method, f"/events/{missing}{suffix}")
 
     assert answer.status == 404, answer.describe()
-    assert answer.body == {"error": "event_not_found", "message": f"no event {missing} in this channel"}
+    assert answer.body == {"error": "event_not_found", "message": f"no event {missing} in channel {channel.id}"}
 
 
 async def test_event_of_other_channel_404(runner, shared_relay):
