@@ -169,8 +169,9 @@ class Forwarder:
 
         ``on_attempt`` hears about every attempt, after the constructor's
         callback; for events marked ``respond`` it carries the target's answer.
+        The result's duration is the last attempt's, without the waits between
+        retries, so it shows how long the target took to answer.
         """
-        started = time.monotonic()
         attempt = 0
         while True:
             attempt += 1
@@ -184,8 +185,7 @@ class Forwarder:
             if on_attempt is not None:
                 on_attempt(report)
             if final:
-                total_ms = (time.monotonic() - started) * 1000
-                return DeliveryResult(event.id, outcome, status, attempt, total_ms, error)
+                return DeliveryResult(event.id, outcome, status, attempt, duration_ms, error)
             logger.info(
                 "delivery retry scheduled event_id=%s channel=%s target=%s attempt=%d status=%s retry_in_s=%.2f",
                 event.id,

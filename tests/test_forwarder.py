@@ -220,3 +220,13 @@ async def test_raw_path_retries_on_5xx():
     async with RawTarget(answers) as target, Forwarder(config(target.port)) as forwarder:
         result = await forwarder.deliver(odd)
     assert (result.outcome, result.status, result.attempts) == ("delivered", 200, 2)
+
+
+async def test_result_duration_excludes_retry_waits():
+    """After retries, the result's duration is the last attempt's, not the time since the first."""
+    answers = [b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"]
+    reported = []
+    async with RawTarget(answers) as target, Forwarder(config(target.port), on_attempt=reported.append) as forwarder:
+        result = await forwarder.deliver(event())
+    assert result.attempts == 2
+    assert result.duration_ms == reported[-1].duration_ms
