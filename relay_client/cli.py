@@ -141,6 +141,7 @@ def serve(
     address_burst: cli_security.AddressBurstOption = 1000,
     max_connections: cli_security.MaxConnectionsOption = 256,
     header_timeout: cli_security.HeaderTimeoutOption = "10s",
+    body_timeout: cli_security.BodyTimeoutOption = "120s",
 ) -> None:
     """Run a relay: accept webhooks on channel URLs, store them, serve listeners."""
     from relay_server.app import serve as serve_relay
@@ -166,7 +167,8 @@ def serve(
         heartbeat=parse_duration(heartbeat, "--heartbeat"),
         admin_token=admin_token,
         limits=cli_security.ingress_limits(
-            max_headers, max_header_bytes, channel_rate, channel_burst, address_rate, address_burst, max_connections, header_timeout
+            max_headers, max_header_bytes, channel_rate, channel_burst, address_rate, address_burst, max_connections, header_timeout,
+            body_timeout,
         ),
     )
     if host not in ("127.0.0.1", "::1", "localhost") and admin_token is None:

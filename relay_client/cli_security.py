@@ -112,9 +112,14 @@ HeaderTimeoutOption = Annotated[
 ]
 
 
+BodyTimeoutOption = Annotated[
+    str, typer.Option(envvar="HOOKRELAY_BODY_TIMEOUT", help="Time a sender has to send the whole body (120s); then 408.")
+]
+
+
 def ingress_limits(
     max_headers: int, max_header_bytes: str, channel_rate: float, channel_burst: int,
-    address_rate: float, address_burst: int, max_connections: int, header_timeout: str,
+    address_rate: float, address_burst: int, max_connections: int, header_timeout: str, body_timeout: str = "120s",
 ) -> Any:
     """Build the relay's :class:`~relay_server.limits.IngressLimits` from ``serve`` options."""
     from relay_server.errors import ConfigError
@@ -130,6 +135,7 @@ def ingress_limits(
             address_burst=address_burst,
             max_connections_per_address=max_connections,
             header_timeout=parse_duration(header_timeout, "--header-timeout"),
+            body_timeout=parse_duration(body_timeout, "--body-timeout"),
         )
     except ConfigError as exc:
         raise UsageError(f"--{exc.option}", exc.value, exc.hint) from None

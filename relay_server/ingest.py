@@ -11,6 +11,7 @@ the event, so a crash right after the answer loses nothing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from urllib.parse import unquote
@@ -50,18 +51,22 @@ def split_target(raw_path: str) -> tuple[str, bytes]:
     return unquote(rest[:cut]), rest[cut:].encode("utf-8", "surrogateescape")
 
 
-async def read_body(request: web.Request, limit: int) -> bytes | None:
-    """Read the body, or return None as soon as it exceeds ``limit`` bytes."""
+async def read_body(request: web.Request, limit: int, timeout: float) -> bytes | None:
+    """Read the body, or return None as soon as it exceeds ``limit`` bytes.
+
+    Raises TimeoutError when the whole body has not arrived within ``timeout`` seconds.
+    """
     declared = request.content_length
     if declared is not None and declared > limit:
         return None
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
+    async with asyncio.timeout(timeout):
+        async for chunk in request.content.iter_any():
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
     return b"".join(chunks)
 
 
@@ -75,7 +80,10 @@ async def handle_ingest(request: web.Request) -> web.StreamResponse:
     if rejection is not None:
         return rejection
 
-    body = await read_body(request, state.config.max_body)
+    try:
+        body = await read_body(request, state.config.max_body, state.config.limits.body_timeout)
+    except TimeoutError:
+        return _body_timed_out(channel_id, request.remote, state.config.limits.body_timeout)
     if body is None:
         return _too_large(state.config.max_body)
 
@@ -124,6 +132,13 @@ def _store_failed(channel_id: str, event_id: str, exc: StoreError) -> web.Respon
         return json_error(429, "channel_full", f"{exc}; start a listener to drain it", **{"Retry-After": "60"})
     logger.error("ingest failed channel=%s event_id=%s: %s", channel_id, event_id, exc)
     return json_error(503, "store_unavailable", "the relay could not store the event; retry later", **{"Retry-After": "5"})
+
+
+def _body_timed_out(channel_id: str, remote: str | None, timeout: float) -> web.Response:
+    logger.info("ingest rejected channel=%s remote=%s: body not complete within %g s", channel_id, remote, timeout)
+    response = json_error(408, "body_timeout", f"the body did not arrive within {timeout:g} s; send it at once")
+    response.force_close()
+    return response
 
 
 def _too_large(limit: int) -> web.Response:

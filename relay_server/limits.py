@@ -39,7 +39,9 @@ MAX_BUCKETS = 100_000
 class IngressLimits:
     """Limits on what senders may send; a rate of 0 turns its bucket off.
 
-    Rates are requests per second; ``header_timeout`` is seconds.
+    Rates are requests per second; ``header_timeout`` and ``body_timeout``
+    are seconds. The body timeout bounds the whole body, so a sender that
+    dribbles a byte now and then cannot hold a connection open.
     """
 
     max_headers: int = 100
@@ -50,6 +52,7 @@ class IngressLimits:
     address_burst: int = 1000
     max_connections_per_address: int = 256
     header_timeout: float = 10.0
+    body_timeout: float = 120.0
 
     def __post_init__(self) -> None:
         for name in ("max_headers", "max_header_bytes", "channel_burst", "address_burst"):
@@ -58,8 +61,9 @@ class IngressLimits:
         for name in ("channel_rate", "address_rate", "max_connections_per_address"):
             if getattr(self, name) < 0:
                 raise ConfigError(name.replace("_", "-"), getattr(self, name), "use 0 (off) or a positive number")
-        if self.header_timeout <= 0:
-            raise ConfigError("header-timeout", self.header_timeout, "use a positive duration such as 10s")
+        for name in ("header_timeout", "body_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(name.replace("_", "-"), getattr(self, name), "use a positive duration such as 10s")
 
 
 class RateLimiter:

@@ -235,3 +235,22 @@ async def test_unknown_expectation_417(runner, shared_relay):
     assert odd.json()["error"] == "expectation_failed"
     assert unknown.status == 417, unknown.describe()
     assert proceed.status == 100, proceed.describe()
+
+
+async def test_slow_body_gets_408(runner, tmp_path):
+    """A sender that stops partway through its body gets 408 after the body timeout, and nothing is stored."""
+    relay = await runner.start_relay(tmp_path / "data", "--body-timeout", "1s")
+    channel = await runner.create_channel(relay.url)
+    path = channel.url.split(str(relay.port), 1)[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n".encode() + b"x" * 10)
+    await writer.drain()
+
+    answer = await asyncio.wait_for(read_response(reader, "POST"), 10_000 * MS)
+    writer.close()
+    history = await runner.run(["events", "list", "--relay", relay.url, "--channel", channel.id, "--token", channel.token, "--json"])
+
+    assert answer.status == 408, answer.describe()
+    assert answer.json()["error"] == "body_timeout"
+    assert history[0] == 0, history[2]
+    assert json.loads(history[1]) == []
