@@ -16,12 +16,12 @@ import hmac
 from aiohttp import web
 
 from relay_server.limits import json_rejection
-from relay_server.state import RelayState
+from relay_server.state import STATE, RelayState
 
 
 def admin_authorized(request: web.Request) -> bool:
     """Check the request's bearer token against the admin token in constant time."""
-    state: RelayState = request.app["state"]
+    state: RelayState = request.app[STATE]
     expected = state.config.admin_token
     if expected is None:
         return True
@@ -38,7 +38,7 @@ def admin_unauthorized() -> web.Response:
 async def metrics(request: web.Request) -> web.Response:
     if not admin_authorized(request):
         return admin_unauthorized()
-    state: RelayState = request.app["state"]
+    state: RelayState = request.app[STATE]
     body = {
         "counts": dict(sorted(state.guard.counters.totals.items())),
         "connections": state.guard.connections.total,

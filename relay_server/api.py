@@ -25,7 +25,7 @@ from relay_server.ingest import json_error
 from relay_server.protocol import CLOSE_INTERNAL_ERROR
 from relay_server.responses import ResponseSettings
 from relay_server.session import ListenerSession
-from relay_server.state import RelayState
+from relay_server.state import STATE, RelayState
 from relay_server.store.base import DEFAULT_GROUP, ChannelRecord
 
 logger = logging.getLogger("hookrelay.server.api")
@@ -48,7 +48,7 @@ def unauthorized() -> web.Response:
 
 async def authorize_channel(request: web.Request) -> str | None:
     """Return the channel id when the request carries its token, else None."""
-    state: RelayState = request.app["state"]
+    state: RelayState = request.app[STATE]
     channel_id = request.match_info["channel"]
     channel = await state.store.get_channel(channel_id)
     if not token_matches(bearer_token(request), channel.token_hash if channel else None):
@@ -75,7 +75,7 @@ def with_channel_token(handler: ChannelHandler) -> Callable[[web.Request], Await
 
 
 async def create_channel(request: web.Request) -> web.Response:
-    state: RelayState = request.app["state"]
+    state: RelayState = request.app[STATE]
     admin = state.config.admin_token
     if admin is not None and not hmac.compare_digest((bearer_token(request) or "").encode(), admin.encode()):
         return json_error(401, "unauthorized", "this relay needs its admin token to create channels")
@@ -90,7 +90,7 @@ async def create_channel(request: web.Request) -> web.Response:
 
 @with_channel_token
 async def show_channel(request: web.Request, channel_id: str) -> web.Response:
-    state: RelayState = request.app["state"]
+    state: RelayState = request.app[STATE]
     channel = await state.store.get_channel(channel_id)
     assert channel is not None
     body = {
@@ -108,7 +108,7 @@ async def show_channel(request: web.Request, channel_id: str) -> web.Response:
 
 @with_channel_token
 async def rotate_token(request: web.Request, channel_id: str) -> web.Response:
-    state: RelayState = request.app["state"]
+    state: RelayState = request.app[STATE]
     token = new_token()
     await state.store.set_token_hash(channel_id, hash_token(token))
     logger.info("channel token rotated channel=%s", channel_id)
@@ -121,7 +121,7 @@ async def listen(request: web.Request, channel_id: str) -> web.StreamResponse:
     if not _GROUP_NAME.match(group):
         return json_error(400, "invalid_group", "group names use 1-64 letters, digits and _ . : -")
 
-    state: RelayState = request.app["state"]
+    state: RelayState = request.app[STATE]
     window = _window(request, state.config.window)
     ws = web.WebSocketResponse(
         heartbeat=state.config.heartbeat,
@@ -152,7 +152,7 @@ async def health(request: web.Request) -> web.Response:
 
 async def readiness(request: web.Request) -> web.Response:
     """Answer 200 while the relay can store events and reach other nodes, else 503 with the reason."""
-    state: RelayState = request.app["state"]
+    state: RelayState = request.app[STATE]
     try:
         await state.store.ping()
     except StoreError as exc:

@@ -23,7 +23,7 @@ from relay_server.hub import Hub
 from relay_server.guard import GuardedSite, handler_options
 from relay_server.ingest import INGEST_PREFIX, handle_ingest, json_error
 from relay_server.protocol import CLOSE_GOING_AWAY
-from relay_server.state import RelayState
+from relay_server.state import STATE, RelayState
 from relay_server.store.base import EventStore
 from relay_server.store.sqlite import SQLiteStore
 
@@ -36,7 +36,7 @@ def build_app(state: RelayState) -> web.Application:
     # Bodies are read by ingest itself, bounded by max_body; this bound is for
     # any other handler that reads a body.
     app = web.Application(client_max_size=state.config.max_body, middlewares=[store_unavailable, state.guard.middleware()])
-    app["state"] = state
+    app[STATE] = state
     api.add_routes(app)
     admin.add_routes(app)
     history.add_routes(app)
@@ -117,7 +117,7 @@ async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> N
 
 
 async def _close_sessions(app: web.Application) -> None:
-    state: RelayState = app["state"]
+    state: RelayState = app[STATE]
     for ws in list(state.sessions):
         await ws.close(code=CLOSE_GOING_AWAY, message=b"relay shutting down")
 

@@ -21,7 +21,7 @@ from relay_server import channel_security, responses
 from relay_server.api import with_channel_token
 from relay_server.errors import ConfigError
 from relay_server.ingest import json_error
-from relay_server.state import RelayState
+from relay_server.state import STATE, RelayState
 from relay_server.store.base import DEFAULT_GROUP, EVENT_STATES, EventDetail, EventQuery, EventSummary
 
 logger = logging.getLogger("hookrelay.server.history")
@@ -133,7 +133,7 @@ def _number(params: Any, key: str, kind: type) -> Any:
 
 @with_channel_token
 async def list_events(request: web.Request, channel: str) -> web.Response:
-    state: RelayState = request.app["state"]
+    state: RelayState = request.app[STATE]
     try:
         query = parse_query(request)
         wait = min(float(request.query.get("wait", 0)), MAX_WAIT)
@@ -160,7 +160,7 @@ async def _wait_for_change(state: RelayState, channel: str, wait: float) -> None
 
 @with_channel_token
 async def show_event(request: web.Request, channel: str) -> web.Response:
-    state: RelayState = request.app["state"]
+    state: RelayState = request.app[STATE]
     detail = await state.store.get_event(channel, request.match_info["event"])
     if detail is None:
         return _event_not_found(request)
@@ -169,7 +169,7 @@ async def show_event(request: web.Request, channel: str) -> web.Response:
 
 @with_channel_token
 async def replay_event(request: web.Request, channel: str) -> web.Response:
-    state: RelayState = request.app["state"]
+    state: RelayState = request.app[STATE]
     group = request.query.get("group", DEFAULT_GROUP)
     event_id = request.match_info["event"]
     if not await state.store.replay(channel, event_id, group):
@@ -181,7 +181,7 @@ async def replay_event(request: web.Request, channel: str) -> web.Response:
 
 @with_channel_token
 async def delete_event(request: web.Request, channel: str) -> web.StreamResponse:
-    state: RelayState = request.app["state"]
+    state: RelayState = request.app[STATE]
     event_id = request.match_info["event"]
     if not await state.store.delete_event(channel, event_id):
         return _event_not_found(request)
@@ -193,7 +193,7 @@ async def delete_event(request: web.Request, channel: str) -> web.StreamResponse
 @with_channel_token
 async def update_channel(request: web.Request, channel_id: str) -> web.Response:
     """Change a channel's settings; only ``response`` is settable here."""
-    state: RelayState = request.app["state"]
+    state: RelayState = request.app[STATE]
     try:
         patch = await request.json()
         if not isinstance(patch, dict):

@@ -22,7 +22,7 @@ from relay_server.errors import ChannelFull, DuplicateEvent, StoreError
 from relay_server.ids import new_event_id
 from relay_server.responses import ResponseSettings, answer_sender
 from relay_server.screening import admit_channel, duplicate_answer, screen
-from relay_server.state import RelayState
+from relay_server.state import STATE, RelayState
 from relay_server.store.base import NewEvent
 
 logger = logging.getLogger("hookrelay.server.ingest")
@@ -71,7 +71,7 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes |
 
 
 async def handle_ingest(request: web.Request) -> web.StreamResponse:
-    state: RelayState = request.app["state"]
+    state: RelayState = request.app[STATE]
     channel_id, tail = split_target(request.raw_path)
     channel = await state.store.get_channel(channel_id)
     if channel is None:

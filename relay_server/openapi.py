@@ -16,6 +16,7 @@ from aiohttp import web
 
 from relay_server.inspector import STATIC_FILES
 from relay_server.store.base import EVENT_STATES
+from relay_server.state import STATE
 
 OPENAPI_PATH = "/api/openapi.json"
 
@@ -375,7 +376,7 @@ def _package_version() -> str:
 
 
 async def openapi_document(request: web.Request) -> web.Response:
-    return web.json_response(document(request.app["state"].base_url))
+    return web.json_response(document(request.app[STATE].base_url))
 
 
 def add_routes(app: web.Application) -> None:

@@ -1,17 +1,15 @@
-"""What the relay's request handlers share: config, store, hub and live sessions."""
+"""Config, store, hub and live sessions, shared by the relay's request handlers."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+
+from aiohttp import web
 
 from relay_server.config import ServerConfig
 from relay_server.hub import Hub
 from relay_server.limits import IngressGuard
 from relay_server.store.base import EventStore
-
-if TYPE_CHECKING:
-    from aiohttp import web
 
 
 @dataclass
@@ -34,3 +32,7 @@ class RelayState:
 
     def ingest_url(self, channel: str) -> str:
         return f"{self.base_url}/h/{channel}"
+
+
+# The application key under which handlers find the state: ``request.app[STATE]``.
+STATE = web.AppKey("state", RelayState)
