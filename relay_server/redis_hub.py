@@ -48,6 +48,8 @@ VERSIONS_KEY = f"{PREFIX}:versions"
 RECONNECT_BASE = 0.2
 RECONNECT_CAP = 5.0
 # How long one pub/sub read waits before it checks the connection again.
+# Seconds a starting node waits for its first pub/sub subscription.
+START_TIMEOUT = 5.0
 READ_TIMEOUT = 5.0
 
 _COUNT_LISTENERS = r"""
@@ -77,6 +79,7 @@ class RedisHub(Hub):
         self._client: aioredis.Redis | None = None
         self._count_script: Any = None
         self._subscribed = False
+        self._first_subscription = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -92,6 +95,13 @@ class RedisHub(Hub):
         self._count_script = self._client.register_script(_COUNT_LISTENERS)
         self._reader = asyncio.create_task(self._read_forever(), name="hookrelay-hub-reader")
         self._refresher = asyncio.create_task(self._refresh_forever(), name="hookrelay-hub-presence")
+
+        # Announce the node only once it hears the other nodes; with Redis
+        # down at start it serves anyway, reports not ready, and catches up.
+        try:
+            await asyncio.wait_for(self._first_subscription.wait(), timeout=START_TIMEOUT)
+        except asyncio.TimeoutError:
+            logger.warning("hub not subscribed to Redis after %.0f s; starting not ready", START_TIMEOUT)
 
     async def close(self) -> None:
         if self._closed:
@@ -190,6 +200,7 @@ class RedisHub(Hub):
                 for channel, version in (await self._client.hgetall(VERSIONS_KEY)).items():
                     self._apply_version(channel.decode(), int(version))
                 self._subscribed = True
+                self._first_subscription.set()
                 if failures:
                     logger.info("hub reconnected to Redis after %d failed attempts", failures)
                 failures = 0

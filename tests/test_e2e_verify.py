@@ -163,7 +163,7 @@ async def test_verify_rejects_bad_options(runner, shared_relay):
 
     exit_code, stdout, stderr = await runner.run([*arguments, "--provider", "standard-webhooks", "--secret", "whsec_***", "--mode", "mark"])
 
-    assert exit_code == 1
+    assert exit_code == 2
     assert stdout == ""
     assert stderr.startswith("hookrelay: error: ")
     assert "Standard Webhooks secret" in stderr
