@@ -49,7 +49,7 @@ EVENT_ID_HEADER = b"X-Hookrelay-Event-Id"
 VERIFIED_HEADER = b"X-Hookrelay-Verified"
 ATTEMPT_HEADER = b"X-Hookrelay-Attempt"
 _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
-# A target's answer is read for its status; its body matters only up to here,
+# A target's response is read for its status; its body matters only up to here,
 # unless a sender waits for it (sync channels), which gets up to the second.
 _MAX_RESPONSE_BODY = 1024 * 1024
 _MAX_SENDER_ANSWER = 25 * 1024 * 1024
@@ -165,12 +165,12 @@ class Forwarder:
             await self._session.close()
 
     async def deliver(self, event: Event, on_attempt: Callable[[Attempt], None] | None = None) -> DeliveryResult:
-        """Try ``event`` until the target answers, the policy gives up, or it is cancelled.
+        """Try ``event`` until the target responds, the policy gives up, or it is cancelled.
 
         ``on_attempt`` hears about every attempt, after the constructor's
-        callback; for events marked ``respond`` it carries the target's answer.
+        callback; for events marked ``respond`` it carries the target's response.
         The result's duration is the last attempt's, without the waits between
-        retries, so it shows how long the target took to answer.
+        retries, so it shows how long the target took to respond.
         """
         attempt = 0
         while True:

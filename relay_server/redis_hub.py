@@ -1,4 +1,4 @@
-"""The hub of relay nodes that share a Redis: wake-ups, versions and answers cross nodes.
+"""The hub of relay nodes that share a Redis: wake-ups, versions and responses cross nodes.
 
 An event stored through node A must wake the listener sessions on node B,
 a history watcher on B must see a change made through A, and the target's
@@ -69,7 +69,7 @@ def listeners_key(channel: str) -> str:
 
 
 class RedisHub(Hub):
-    """A :class:`Hub` whose notifications, versions and answers reach every node on one Redis."""
+    """A :class:`Hub` whose notifications, versions and target responses reach every node on one Redis."""
 
     def __init__(self, url: str, *, presence_ttl: float = PRESENCE_TTL) -> None:
         super().__init__()
@@ -162,7 +162,7 @@ class RedisHub(Hub):
     def deliver_response(self, response: TargetResponse) -> bool:
         if super().deliver_response(response):
             return True
-        # The sender may wait on another node, which takes the answer there.
+        # The sender may wait on another node, which takes the response there.
         self._spawn("publish answer", lambda: self._client.publish(ANSWERS_CHANNEL, encode_response(response)))
         return True
 
@@ -223,7 +223,7 @@ class RedisHub(Hub):
             try:
                 response = decode_response(data)
             except ProtocolError as exc:
-                logger.warning("invalid answer on the hub channel: %s", exc)
+                logger.warning("invalid target response on the hub channel: %s", exc)
                 return
             super().deliver_response(response)
             return

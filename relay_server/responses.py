@@ -1,7 +1,7 @@
-"""Answers to senders of sync channels: the target's real response, or a fallback.
+"""Responses to senders of sync channels: the target's real response, or a fallback.
 
 A channel in ``sync`` mode holds the sender's request open while its event
-travels to a connected listener, then answers with the local server's
+travels to a connected listener, then responds with the local server's
 status, headers (hop-by-hop removed) and body. Providers that verify an
 endpoint with a challenge (Slack ``url_verification``, Meta
 ``hub.challenge``, Zoom, Microsoft Graph, Dropbox) need this. Without a
@@ -28,7 +28,7 @@ logger = logging.getLogger("hookrelay.server.responses")
 MODES = ("async", "sync")
 FALLBACK_STATUSES = (202, 503, 504)
 
-# Not copied from the target's answer: hop-by-hop headers (RFC 9110 §7.6.1)
+# Not copied from the target's response: hop-by-hop headers (RFC 9110 §7.6.1)
 # and the framing, which aiohttp writes for the body it sends.
 _DROPPED = frozenset(
     {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade", "content-length"}
@@ -37,7 +37,7 @@ _DROPPED = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class ResponseSettings:
-    """A channel's answer mode; stored under ``settings["response"]``."""
+    """A channel's response mode, stored under ``settings["response"]``."""
 
     mode: str = "async"
     timeout: float = 5.0
@@ -107,7 +107,7 @@ def target_response(response: TargetResponse) -> web.Response:
 
 
 async def _fall_back(state: RelayState, channel: str, event_id: str, settings: ResponseSettings, reason: str) -> web.Response:
-    logger.info("sync answer fell back channel=%s event_id=%s status=%d: %s", channel, event_id, settings.fallback, reason)
+    logger.info("sync response fell back channel=%s event_id=%s status=%d: %s", channel, event_id, settings.fallback, reason)
     body = {"id": event_id, "held": True, "reason": reason}
     answer = web.json_response(body, status=settings.fallback, headers={"X-Hookrelay-Event-Id": event_id})
     if settings.fallback != 202:
@@ -120,4 +120,4 @@ async def _record(state: RelayState, channel: str, event_id: str, answer: Sender
     try:
         await state.store.record_answer(channel, event_id, answer)
     except Exception as exc:  # noqa: BLE001 - the sender's answer matters more than its history
-        logger.error("sender answer not stored channel=%s event_id=%s: %s", channel, event_id, exc)
+        logger.error("response to the sender not stored channel=%s event_id=%s: %s", channel, event_id, exc)

@@ -96,7 +96,7 @@ class EventSummary:
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """How one group finished with an event."""
+    """Outcome of one event for one consumer group."""
 
     group: str
     outcome: str
@@ -121,7 +121,7 @@ class AttemptRecord:
 
 @dataclass(frozen=True, slots=True)
 class SenderAnswer:
-    """What a sender of a sync channel received: the target's answer or the fallback."""
+    """Response a sender of a sync channel received: the target's, or the fallback."""
 
     status: int
     headers: tuple[tuple[bytes, bytes], ...]
@@ -132,7 +132,7 @@ class SenderAnswer:
 
 @dataclass(frozen=True, slots=True)
 class EventDetail:
-    """One event in full, with its outcomes, attempts and the sender's answer."""
+    """One event in full, with its outcomes, attempts and the response its sender got."""
 
     event: Event
     outcomes: tuple[Outcome, ...]
