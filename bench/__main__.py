@@ -23,6 +23,7 @@ from rich.console import Console
 from .idle import run_idle
 from .loadgen import Target
 from .processes import BenchError, child_environment, unlimited_serve_options
+from .redis_nodes import run_redis
 from .report import WorkloadResult, lost_or_mismatched, machine_facts, make_console, print_tables, to_json
 from .workloads import (
     WORKLOADS,
@@ -50,6 +51,7 @@ RUNNERS = {
     "held": run_held,
     "idle": run_idle,
     "large": run_large,
+    "redis": run_redis,
 }
 
 

@@ -97,15 +97,17 @@ class ManagedProcess:
 
 
 class Relay(ManagedProcess):
-    """`hookrelay serve` on 127.0.0.1 with a fresh SQLite data directory."""
+    """`hookrelay serve` on 127.0.0.1 with a fresh SQLite data directory, or on the Redis at `store_url`."""
 
     def __init__(
         self, hookrelay: str, workdir: Path, env: dict[str, str], *,
-        sync: str | None, max_body: int | None, extra_options: list[str],
+        sync: str | None, max_body: int | None, extra_options: list[str], store_url: str | None = None,
     ) -> None:
         data_dir = workdir / "data"
         data_dir.mkdir(parents=True)
         argv = [hookrelay, "serve", "--host", "127.0.0.1", "--port", "0", "--data-dir", str(data_dir)]
+        if store_url is not None:
+            argv += ["--store", store_url]
         if sync is not None:
             argv += ["--sync", sync]
         if max_body is not None:

@@ -117,6 +117,8 @@ class WorkloadResult:
     checks: list[Check] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    # Why the workload did not run, when something it needs is missing.
+    skipped: str | None = None
 
     def run(self, label: str) -> RunResult | None:
         return next((run for run in self.runs if run.label == label), None)
@@ -138,7 +140,7 @@ class WorkloadResult:
 
     def check_delivery(self) -> None:
         """Add the zero-lost and zero-mismatch checks over every hookrelay run."""
-        relayed = [run for run in self.runs if run.label != "bare"]
+        relayed = [run for run in self.runs if not run.label.startswith("bare")]
         if not relayed:
             return
         lost = sum(run.lost for run in relayed)
@@ -205,6 +207,8 @@ def print_tables(console: Console, results: list[WorkloadResult], machine: dict[
     for result in results:
         if result.error:
             console.print(f"[red]{result.name} failed:[/] {result.error}")
+        if result.skipped:
+            console.print(f"[yellow]{result.name} skipped:[/] {result.skipped}")
         for run in result.runs:
             if run.failed_sends:
                 console.print(f"[yellow]{result.name} {run.label}: {run.failed_sends} sends failed, "
@@ -226,6 +230,8 @@ def _runs_table(results: list[WorkloadResult]) -> Table:
     for result in results:
         if result.error:
             table.add_row(result.name, "[red]failed (reason below)[/]")
+        if result.skipped:
+            table.add_row(result.name, "[yellow]skipped (reason below)[/]")
         for run in result.runs:
             latency = run.latency_ms or {}
             table.add_row(

@@ -76,10 +76,12 @@ WORKLOADS = [
     Workload("held-100k", "relay memory while 100,000 1 KB events are held", "held", 100_000, KIB, 50, 50),
     Workload("idle-listeners", "1,000 idle listeners on 1,000 channels", "idle", 1_000, KIB, 1, 1),
     Workload("25mib", "one 25 MiB binary body end to end", "large", 1, 25 * MIB, 1, 1, binary=True),
+    Workload("redis-2node", "1 KB JSON posted to relay node A, listener on node B, Redis between them", "redis",
+             2_000, KIB, 50, 50, min_ratio=0.6),
 ]
 QUICK_EVENTS = {
     "1kb-x50": 300, "100kb-x10": 60, "one-sender": 30, "backlog": 1_000,
-    "held-100k": 3_000, "idle-listeners": 10, "25mib": 1,
+    "held-100k": 3_000, "idle-listeners": 10, "25mib": 1, "redis-2node": 300,
 }
 
 

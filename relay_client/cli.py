@@ -112,7 +112,10 @@ def listen(
         # The banner may go to a log file; the token is shown on a terminal only.
         inspector_url=inspector_url(relay, saved.url, saved.channel, saved.token if stderr.is_terminal else None),
     )
-    stopped_by = run_until_stopped(lambda stop: run_listener(config, console, stop))
+    try:
+        stopped_by = run_until_stopped(lambda stop: run_listener(config, console, stop))
+    finally:
+        console.flush()
     if stopped_by == signal.SIGINT:
         raise typer.Exit(ExitStatus.INTERRUPTED)
 

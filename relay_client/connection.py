@@ -223,6 +223,8 @@ class Listener:
         """Send reports in order, batching results that finish together into one ack."""
         while True:
             pending = [await acks.get()]
+            # One turn of the loop lets deliveries that finish together join this ack.
+            await asyncio.sleep(0)
             while not acks.empty():
                 pending.append(acks.get_nowait())
             await _send_outgoing(ws, pending)

@@ -10,9 +10,11 @@ sequences or markup into the terminal.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import unicodedata
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TextIO
 
@@ -28,6 +30,9 @@ from relay_server.protocol import DeliveryResult, Event, Welcome
 
 def printable(text: str) -> str:
     """Escape control and format characters so a terminal shows them as text."""
+    if text.isprintable():
+        # str.isprintable() is False for every Cc and Cf character, so there is nothing to escape.
+        return text
     return "".join(_escape(char) if unicodedata.category(char) in ("Cc", "Cf") else char for char in text)
 
 
@@ -63,6 +68,10 @@ class ListenerConsole:
         self._connections = 0
         self._draining = 0
         self._drained = 0
+        # Rich inspects the stream on every call, so the result is cached here.
+        self._terminal = console.is_terminal
+        self._lines = _LineBuffer(lambda: console.file)
+        self._json_lines = _LineBuffer(lambda: json_out) if json_out is not None else None
 
     def connected(self, welcome: Welcome) -> None:
         self._connections += 1
@@ -71,10 +80,10 @@ class ListenerConsole:
         if self._connections == 1:
             self._print_banner(welcome, url)
         else:
-            self.console.print(Text(f"reconnected to the relay (channel {welcome.channel})", style="green"))
+            self._print(Text(f"reconnected to the relay (channel {welcome.channel})", style="green"))
         if welcome.backlog:
             self._draining, self._drained = welcome.backlog, 0
-            self.console.print(Text(f"draining {welcome.backlog} held events", style="yellow"))
+            self._print(Text(f"draining {welcome.backlog} held events", style="yellow"))
 
     def _print_banner(self, welcome: Welcome, url: str) -> None:
         body = Text()
@@ -83,13 +92,13 @@ class ListenerConsole:
         for index, line in enumerate(self.router.describe() or ["nothing: no --forward target"]):
             body.append(f"{'Forwarding' if index == 0 else '':<12}{line}\n")
         body.append(f"Channel     {welcome.channel}   group {welcome.group}")
-        self.console.print(Panel(body, title="hookrelay listening", expand=False))
+        self._print(Panel(body, title="hookrelay listening", expand=False))
         if self.inspector_url:
             # Outside the panel, so that the long link is never wrapped.
-            self.console.print(Text(f"Inspector   {self.inspector_url}"))
+            self._print(Text(f"Inspector   {self.inspector_url}"))
 
     def disconnected(self, reason: str, retry_in: float) -> None:
-        self.console.print(Text(f"connection lost: {printable(reason)}; reconnecting in {retry_in:.1f} s", style="yellow"))
+        self._print(Text(f"connection lost: {printable(reason)}; reconnecting in {retry_in:.1f} s", style="yellow"))
 
     def attempt(self, attempt: Attempt) -> None:
         if attempt.final:
@@ -98,56 +107,92 @@ class ListenerConsole:
         line.append(f"{attempt.event.method} {display_target(attempt.event)} ")
         line.append(f"attempt {attempt.attempt} failed: {printable(attempt.error or '')}; ", style="red")
         line.append(f"retry in {attempt.retry_in:.1f} s", style="dim")
-        self.console.print(line)
+        self._print(line)
 
     def finished(self, event: Event, result: DeliveryResult) -> None:
-        self._print_line(self._delivery_line(event, result))
+        parts = self._delivery_parts(event, result)
+        if self._terminal:
+            self.console.print(_styled(parts, dim=result.outcome == "skipped"))
+        else:
+            # Rendering with Rich cost about a third of the listener's CPU per
+            # event when measured with scripts/bench, so other streams get plain text.
+            self._lines.write("".join(text for text, _ in parts) + "\n")
         if self._draining:
             self._drained += 1
             if self._drained >= self._draining or self._drained % 100 == 0:
-                self.console.print(Text(f"drained {self._drained} of {self._draining} held events", style="yellow"))
+                self._print(Text(f"drained {self._drained} of {self._draining} held events", style="yellow"))
             if self._drained >= self._draining:
                 self._draining = 0
-        if self.json_out is not None:
+        if self._json_lines is not None:
             route = self.router.resolve(event)
             record = delivery_record(event, result, route.target if route else None, self.group)
-            self.json_out.write(json.dumps(record) + "\n")
-            self.json_out.flush()
+            self._json_lines.write(json.dumps(record) + "\n")
 
-    def _print_line(self, line: Text) -> None:
-        """Print one line: through Rich on a terminal, as plain text elsewhere.
+    def flush(self) -> None:
+        """Write the delivery lines and JSON records still buffered."""
+        self._lines.flush()
+        if self._json_lines is not None:
+            self._json_lines.flush()
 
-        Rendering with Rich cost about a third of the listener's CPU per
-        event when measured with scripts/bench.
-        """
-        if self.console.is_terminal:
-            self.console.print(line)
-        else:
-            self.console.file.write(line.plain + "\n")
-            self.console.file.flush()
+    def _print(self, renderable: Text | Panel) -> None:
+        """Print through Rich after the delivery lines written before it."""
+        self._lines.flush()
+        self.console.print(renderable)
 
-    def _delivery_line(self, event: Event, result: DeliveryResult) -> Text:
-        line = Text(f"{_clock()} ", style="dim")
-        line.append(f"{event.method:<6} ", style="bold")
-        line.append(display_target(event))
+    def _delivery_parts(self, event: Event, result: DeliveryResult) -> list[tuple[str, str]]:
+        """Build one delivery line as pieces of text, each with its Rich style ("" for none)."""
+        parts = [(f"{_clock()} ", "dim"), (f"{event.method:<6} ", "bold"), (display_target(event), "")]
         if event.event_type:
-            line.append(f" {printable(event.event_type)}", style="magenta")
+            parts.append((f" {printable(event.event_type)}", "magenta"))
         verdict = parse_verification(event.verification)
         if verdict is not None:
-            line.append(f"  [{printable(verdict[0])} {printable(verdict[1])}]", style="green" if verdict[1] == "valid" else "bold red")
+            parts.append((f"  [{printable(verdict[0])} {printable(verdict[1])}]", "green" if verdict[1] == "valid" else "bold red"))
         if result.outcome == "skipped":
             # Filtered events stay visible, dimmed, with the reason.
-            line.append(f"  skipped: {printable(result.error or '')}")
-            line.stylize("dim")
-            return line
+            parts.append((f"  skipped: {printable(result.error or '')}", ""))
+            return parts
         status = str(result.status) if result.status is not None else "---"
-        line.append(f"  {status}", style=_status_style(result))
-        line.append(f"  {result.duration_ms:.0f} ms", style="dim")
+        parts.append((f"  {status}", _status_style(result)))
+        parts.append((f"  {result.duration_ms:.0f} ms", "dim"))
         if result.attempts > 1:
-            line.append(f"  attempt {result.attempts}", style="yellow")
+            parts.append((f"  attempt {result.attempts}", "yellow"))
         if result.outcome == "failed":
-            line.append(f"  failed: {printable(result.error or '')}", style="red")
-        return line
+            parts.append((f"  failed: {printable(result.error or '')}", "red"))
+        return parts
+
+
+class _LineBuffer:
+    """Collects lines for a stream and writes them in one call at the end of the event loop's turn.
+
+    Deliveries that finish together then cost one write and one flush instead
+    of one each, and every line is still out before the loop waits for I/O.
+    Without a running loop each line is written at once.
+    """
+
+    def __init__(self, stream: Callable[[], TextIO]) -> None:
+        # A getter, because Rich's console.file follows sys.stderr when it is replaced.
+        self.stream = stream
+        self._pending: list[str] = []
+
+    def write(self, text: str) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if not self._pending and loop is not None:
+            loop.call_soon(self.flush)
+        self._pending.append(text)
+        if loop is None:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        text = "".join(self._pending)
+        self._pending.clear()
+        stream = self.stream()
+        stream.write(text)
+        stream.flush()
 
 
 def parse_verification(value: str | None) -> tuple[str, str] | None:
@@ -179,6 +224,15 @@ def delivery_record(event: Event, result: DeliveryResult, target: Target | None,
         "target": target.redacted() if target is not None else None,
         "body_bytes": len(event.body),
     }
+
+
+def _styled(parts: list[tuple[str, str]], *, dim: bool) -> Text:
+    line = Text()
+    for text, style in parts:
+        line.append(text, style=style or None)
+    if dim:
+        line.stylize("dim")
+    return line
 
 
 def _status_style(result: DeliveryResult) -> str:

@@ -27,8 +27,14 @@ from __future__ import annotations
 
 import json
 import struct
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
+
+try:
+    import orjson
+except ImportError:  # pragma: no cover - orjson is an optional speed-up
+    orjson = None
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -50,12 +56,43 @@ __all__ = [
     "decode_text",
     "bytes_to_wire",
     "wire_to_bytes",
+    "dump_json",
+    "load_json",
 ]
 
 PROTOCOL_VERSION = 1
 EVENT_TAG = b"E"
 RESPONSE_TAG = b"R"
 _LENGTH = struct.Struct(">I")
+
+
+def dump_json(value: Any) -> bytes:
+    """Encode ``value`` as compact JSON in UTF-8, with orjson when it is installed.
+
+    orjson rejects lone surrogates and integers beyond 64 bits, which the
+    standard library encodes, so those values fall back to :mod:`json`.
+    """
+    if orjson is not None:
+        try:
+            return orjson.dumps(value)
+        except TypeError:
+            pass
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+def load_json(data: bytes | str) -> Any:
+    """Parse JSON like :func:`json.loads`, with orjson when it is installed.
+
+    Input that orjson rejects (lone surrogate escapes, NaN, integers beyond
+    64 bits, or invalid JSON) goes to :mod:`json`, so the result and the
+    ``ValueError`` text are those of the standard library.
+    """
+    if orjson is not None:
+        try:
+            return orjson.loads(data)
+        except ValueError:
+            pass
+    return json.loads(data)
 
 # Outcomes a listener may report for an event it received.
 OUTCOMES = frozenset({"delivered", "failed", "skipped"})
@@ -113,6 +150,10 @@ class Event:
     # The relay's signature check, as the X-Hookrelay-Verified value
     # ("github; result=valid"), or None when the channel verifies nothing.
     verification: str | None = None
+    # ``headers`` already encoded as the frame's JSON list of byte strings,
+    # when a store keeps them in that form; encode_event then sends it as is.
+    # It must describe the same headers; decode_event never sets it.
+    headers_json: str | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def header(self, name: str) -> bytes | None:
         """Return the first value of header ``name`` (case-insensitive), if any."""
@@ -191,7 +232,6 @@ def encode_event(event: Event) -> bytes:
         "seq": event.seq,
         "method": event.method,
         "target": bytes_to_wire(event.target),
-        "headers": [[bytes_to_wire(k), bytes_to_wire(v)] for k, v in event.headers],
         "received_at": event.received_at,
         "remote": event.remote,
         "scheme": event.scheme,
@@ -200,11 +240,19 @@ def encode_event(event: Event) -> bytes:
         "respond": event.respond,
         "verification": event.verification,
     }
-    return _binary_frame(EVENT_TAG, header, event.body)
+    if event.headers_json is None:
+        header["headers"] = [[bytes_to_wire(k), bytes_to_wire(v)] for k, v in event.headers]
+        return _binary_frame(EVENT_TAG, header, event.body)
+
+    # Splice the stored list in as the last member: the header object's
+    # closing brace is the encoded text's last byte.
+    head = dump_json(header)
+    head = b"".join((head[:-1], b',"headers":', event.headers_json.encode(), b"}"))
+    return b"".join((EVENT_TAG, _LENGTH.pack(len(head)), head, event.body))
 
 
 def _binary_frame(tag: bytes, header: dict[str, Any], body: bytes) -> bytes:
-    head = json.dumps(header, separators=(",", ":")).encode()
+    head = dump_json(header)
     return b"".join((tag, _LENGTH.pack(len(head)), head, body))
 
 
@@ -216,7 +264,7 @@ def _split_binary(frame: bytes, tag: bytes, kind: str) -> tuple[dict[str, Any], 
     if 5 + length > len(view):
         raise ProtocolError(f"{kind} header length {length} exceeds the frame")
     try:
-        header = json.loads(bytes(view[5 : 5 + length]))
+        header = load_json(bytes(view[5 : 5 + length]))
     except ValueError as exc:
         raise ProtocolError(f"{kind} header is not valid JSON: {exc}") from None
     if not isinstance(header, dict):
@@ -309,7 +357,7 @@ def encode_welcome(welcome: Welcome) -> str:
 
 def encode_ack(results: list[DeliveryResult]) -> str:
     """Build one ``ack`` frame for a batch of finished deliveries."""
-    return json.dumps({"type": "ack", "results": [r.to_wire() for r in results]}, separators=(",", ":"))
+    return dump_json({"type": "ack", "results": [r.to_wire() for r in results]}).decode()
 
 
 def encode_error(code: str, message: str) -> str:
@@ -319,7 +367,7 @@ def encode_error(code: str, message: str) -> str:
 def decode_text(text: str) -> dict[str, Any]:
     """Parse a text frame into a dict with a known ``type``; validates ack results."""
     try:
-        message = json.loads(text)
+        message = load_json(text)
     except ValueError as exc:
         raise ProtocolError(f"text frame is not valid JSON: {exc}") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):

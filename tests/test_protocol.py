@@ -45,6 +45,15 @@ def test_event_round_trip_keeps_every_byte():
     assert decode_event(encode_event(event)) == event
 
 
+def test_event_with_encoded_headers_round_trip():
+    """Headers the store kept as the frame's JSON list arrive as the same bytes."""
+    event = make_event()
+    stored = json.dumps([[name.decode("latin-1"), value.decode("latin-1")] for name, value in event.headers])
+    frame = encode_event(make_event(headers_json=stored))
+    assert decode_event(frame) == event
+    assert decode_event(frame).headers == event.headers
+
+
 def test_event_body_is_not_base64():
     """The body follows the header raw, so frames cost one copy of the body."""
     frame = encode_event(make_event(body=b"\x00raw\xff"))
