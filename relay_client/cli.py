@@ -66,17 +66,17 @@ def listen(
     group: Annotated[str, typer.Option(envvar="HOOKRELAY_GROUP", help="Consumer group; listeners in one group share the events.")] = "default",
     concurrency: Annotated[int, typer.Option(envvar="HOOKRELAY_CONCURRENCY", min=1, max=256, help="Deliveries in flight; 1 keeps the channel's order.")] = 1,
     max_attempts: Annotated[int, typer.Option(envvar="HOOKRELAY_MAX_ATTEMPTS", min=1, help="Attempts per event before it is marked failed.")] = 10,
-    timeout: Annotated[str, typer.Option(envvar="HOOKRELAY_TIMEOUT", help="Time the target has to answer one attempt (30s, 2m).")] = "30s",
+    timeout: Annotated[str, typer.Option(envvar="HOOKRELAY_TIMEOUT", help="Time the target has to respond to one attempt (30s, 2m).")] = "30s",
     host_header: Annotated[Optional[str], typer.Option(envvar="HOOKRELAY_HOST_HEADER", help="Host header to send instead of the target's host:port.", show_default=False)] = None,
     admin_token: AdminTokenOption = None,
-    respond: Annotated[bool, typer.Option("--respond", envvar="HOOKRELAY_RESPOND", help="Put the channel in sync mode: senders get your server's answer.")] = False,
+    respond: Annotated[bool, typer.Option("--respond", envvar="HOOKRELAY_RESPOND", help="Put the channel in sync mode: senders get your server's response.")] = False,
     events: cli_security.EventsOption = None,
     filters: cli_security.FilterOption = None,
     sign_secret: cli_security.SignSecretOption = None,
     as_json: JsonOption = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log connection and retry details.")] = False,
 ) -> None:
-    """Forward a channel's webhooks to a local server and acknowledge each one after it answered."""
+    """Forward a channel's webhooks to a local server and acknowledge each one after it responded."""
     configure_logging("INFO" if verbose else "WARNING")
     target, router, event_filter = cli_security.noise_control(forward, events, filters, sign_secret)
     book = ChannelBook()
@@ -131,9 +131,9 @@ def serve(
     max_body: Annotated[str, typer.Option(envvar="HOOKRELAY_MAX_BODY", help="Largest accepted body (bytes, or 25MiB).")] = "25MiB",
     sync: Annotated[str, typer.Option(envvar="HOOKRELAY_SYNC", help="normal: survives a relay crash; full: also survives power loss, slower.")] = "normal",
     retention_age: Annotated[str, typer.Option(envvar="HOOKRELAY_RETENTION_AGE", help="Events older than this are deleted (7d, 12h).")] = "7d",
-    retention_events: Annotated[int, typer.Option(envvar="HOOKRELAY_RETENTION_EVENTS", min=1, help="Events kept per channel; ingest answers 429 when all are unacknowledged.")] = 100_000,
+    retention_events: Annotated[int, typer.Option(envvar="HOOKRELAY_RETENTION_EVENTS", min=1, help="Events kept per channel; ingest returns 429 when all are unacknowledged.")] = 100_000,
     admin_token: AdminTokenOption = None,
-    window: Annotated[int, typer.Option(envvar="HOOKRELAY_WINDOW", min=1, max=10_000, help="Most events in flight per listener.")] = 64,
+    window: Annotated[int, typer.Option(envvar="HOOKRELAY_WINDOW", min=1, max=10_000, help="Maximum events in flight per listener.")] = 64,
     heartbeat: Annotated[str, typer.Option(envvar="HOOKRELAY_HEARTBEAT", help="Ping interval for listener connections.")] = "10s",
     log_level: Annotated[str, typer.Option(envvar="HOOKRELAY_LOG_LEVEL", help="debug, info, warning or error.")] = "info",
     max_headers: cli_security.MaxHeadersOption = 100,
@@ -183,13 +183,13 @@ def serve(
 
 ResponseOption = Annotated[
     Optional[str],
-    typer.Option("--response", help="async: answer 202 once stored; sync: answer with your server's response.", show_default=False),
+    typer.Option("--response", help="async: respond 202 once stored; sync: respond with your server's response.", show_default=False),
 ]
 ResponseTimeoutOption = Annotated[
     Optional[str], typer.Option("--response-timeout", help="How long a sync sender waits (5s).", show_default=False)
 ]
 FallbackOption = Annotated[
-    Optional[int], typer.Option("--fallback", help="Status a sync sender gets without an answer: 202, 503 or 504.", show_default=False)
+    Optional[int], typer.Option("--fallback", help="Status a sync sender gets when your server does not respond: 202, 503 or 504.", show_default=False)
 ]
 
 
@@ -279,7 +279,7 @@ def channel_update(
     fallback: FallbackOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Change how a channel answers its senders."""
+    """Change how a channel responds to its senders."""
     settings = _response_settings(response, response_timeout, fallback)
     if not settings:
         raise UsageError("--response", None, "give at least one of --response, --response-timeout, --fallback")

@@ -16,7 +16,7 @@ Frames travel as websocket messages:
   and ``attempt`` frames for each failed attempt that will be retried.
 * listener → relay, binary: ``response`` frames (tag ``R``) with the
   target's status, headers and body, for events the relay marked
-  ``respond`` because a sender is waiting for that answer.
+  ``respond`` because a sender is waiting for that response.
 
 Header names and values, the request target and the remote address are
 carried as "byte strings in JSON": each byte maps to the code point of the
@@ -143,7 +143,7 @@ class Event:
     scheme: str = "http"
     delivery_count: int = 1
     event_type: str | None = None
-    # Unix time until which a sender waits for the target's answer (sync
+    # Unix time until which a sender waits for the target's response (sync
     # channels); the relay sets ``respond`` on the frame while it is ahead.
     respond_until: float | None = None
     respond: bool = False
@@ -295,7 +295,7 @@ def decode_event(frame: bytes) -> Event:
 
 @dataclass(frozen=True, slots=True)
 class TargetResponse:
-    """The target's answer to an event, carried back for a waiting sender."""
+    """The target's response to an event, carried back for a waiting sender."""
 
     event_id: str
     status: int
