@@ -31,6 +31,7 @@ from relay_client.cli_common import (
     JsonOption,
     RelayOption,
     configure_logging,
+    data_console,
     inspector_url,
     stderr,
 )

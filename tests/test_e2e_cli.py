@@ -1,4 +1,6 @@
-"""Command-line errors: an invalid option exits with the usage status and a message, never a traceback."""
+"""Command-line basics: usage errors exit with the usage status and one line, and remembered channels are listed."""
+
+import json
 
 import pytest
 
@@ -25,3 +27,16 @@ async def test_invalid_option_usage_error(arguments, runner):
     assert "Traceback" not in stderr
     assert stderr.strip()
     assert stdout == ""
+
+
+async def test_channel_list_shows_created_channels(runner, shared_relay):
+    """`channel list` shows each remembered channel with its full id, in the table and as JSON."""
+    channel = await runner.create_channel(shared_relay.url)
+
+    table_code, table, table_errors = await runner.run(["channel", "list"])
+    json_code, listed, json_errors = await runner.run(["channel", "list", "--json"])
+
+    assert table_code == 0, table_errors
+    assert channel.id in table
+    assert json_code == 0, json_errors
+    assert {"relay": shared_relay.url, "channel": channel.id, "url": channel.url} in json.loads(listed)

@@ -13,7 +13,7 @@ from tests.support.checks import accepted_event_id, post_webhook
 from tests.support.http import send_request
 from tests.support.processes import Channel, ProcessRunner, Relay
 from tests.support.redis_server import RedisServer
-from tests.support.timing import MS, wait_until
+from tests.support.timing import MS
 
 DELIVERY_TIMEOUT = 15_000 * MS
 CONNECT_TIMEOUT = 15_000 * MS

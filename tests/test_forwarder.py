@@ -3,8 +3,6 @@
 import asyncio
 import time
 
-import pytest
-
 from relay_client.config import ListenerConfig, parse_target
 from relay_client.forwarder import Forwarder, forward_headers
 from relay_client.retry import Backoff, RetryPolicy
