@@ -27,9 +27,11 @@ from relay_client import __version__, api_client, cli_events, cli_security
 from relay_client.cli_common import (
     DEFAULT_RELAY,
     AdminTokenOption,
+    ChannelIdOption,
     ExitStatus,
     JsonOption,
     RelayOption,
+    TokenOption,
     configure_logging,
     data_console,
     inspector_url,
@@ -253,9 +255,9 @@ def channel_list(as_json: JsonOption = False) -> None:
 
 @channel_app.command("show")
 def channel_show(
-    channel: Annotated[str, typer.Option(envvar="HOOKRELAY_CHANNEL", help="Channel id.")],
+    channel: ChannelIdOption,
     relay: RelayOption = DEFAULT_RELAY,
-    token: Annotated[Optional[str], typer.Option(envvar="HOOKRELAY_TOKEN", help="The channel's token; default: the remembered one.", show_default=False)] = None,
+    token: TokenOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Show a channel's URL, backlog and connected listeners."""
@@ -272,9 +274,9 @@ def channel_show(
 
 @channel_app.command("update")
 def channel_update(
-    channel: Annotated[str, typer.Option(envvar="HOOKRELAY_CHANNEL", help="Channel id.")],
+    channel: ChannelIdOption,
     relay: RelayOption = DEFAULT_RELAY,
-    token: Annotated[Optional[str], typer.Option(envvar="HOOKRELAY_TOKEN", help="The channel's token; default: the remembered one.", show_default=False)] = None,
+    token: TokenOption = None,
     response: ResponseOption = None,
     response_timeout: ResponseTimeoutOption = None,
     fallback: FallbackOption = None,
@@ -295,7 +297,7 @@ def channel_update(
 
 @channel_app.command("rotate-token")
 def channel_rotate_token(
-    channel: Annotated[str, typer.Option(envvar="HOOKRELAY_CHANNEL", help="Channel id.")],
+    channel: ChannelIdOption,
     relay: RelayOption = DEFAULT_RELAY,
     token: Annotated[Optional[str], typer.Option(envvar="HOOKRELAY_TOKEN", help="The current token; default: the remembered one.", show_default=False)] = None,
     as_json: JsonOption = False,

@@ -41,6 +41,7 @@ def data_console() -> Console:
         console.width = _PIPE_WIDTH
     return console
 
+
 RelayOption = Annotated[str, typer.Option("--relay", envvar="HOOKRELAY_RELAY", help="Base URL of the relay.")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print data as JSON on stdout.")]
 AdminTokenOption = Annotated[
@@ -51,6 +52,7 @@ ChannelOption = Annotated[
     Optional[str],
     typer.Option("--channel", envvar="HOOKRELAY_CHANNEL", help="Channel id; default: the one remembered for the relay.", show_default=False),
 ]
+ChannelIdOption = Annotated[str, typer.Option("--channel", envvar="HOOKRELAY_CHANNEL", help="Channel id.")]
 TokenOption = Annotated[
     Optional[str],
     typer.Option("--token", envvar="HOOKRELAY_TOKEN", help="The channel's token; default: the remembered one.", show_default=False),
