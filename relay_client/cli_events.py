@@ -72,7 +72,7 @@ def list_events(
     event_type: Annotated[Optional[str], typer.Option("--type", help="Event type, or its prefix before a dot.", show_default=False)] = None,
     search: Annotated[Optional[str], typer.Option("--search", help="Text the path or query contains.", show_default=False)] = None,
     group: Annotated[str, typer.Option(help="Consumer group whose state is shown.")] = "default",
-    limit: Annotated[int, typer.Option(min=1, max=1000, help="Most events to list.")] = 50,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="Maximum number of events to list.")] = 50,
     as_json: JsonOption = False,
 ) -> None:
     """List a channel's events, newest first."""
@@ -183,7 +183,7 @@ def replay_to_url(
     relay: RelayOption = DEFAULT_RELAY,
     channel: ChannelOption = None,
     token: TokenOption = None,
-    timeout: Annotated[float, typer.Option(help="Seconds the URL has to answer.")] = 30.0,
+    timeout: Annotated[float, typer.Option(help="Seconds the URL has to respond.")] = 30.0,
     as_json: JsonOption = False,
 ) -> None:
     """Send a stored event straight to a URL, byte for byte, once."""

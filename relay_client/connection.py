@@ -1,7 +1,7 @@
 """The listener's connection to the relay: receive events, forward, ack, reconnect.
 
 One websocket carries everything. A reader task takes every frame off the
-socket as soon as it arrives, so keepalive pings are answered even while the
+socket as soon as it arrives, so keepalive pings get their pongs even while the
 target is slow; the relay's in-flight window bounds what can pile up.
 Workers forward events in arrival order (one worker keeps the channel's
 order, ``concurrency`` workers trade order for speed) and each result is
@@ -46,7 +46,7 @@ Outgoing = DeliveryResult | AttemptReport | TargetResponse
 
 logger = logging.getLogger("hookrelay.client")
 
-# Finished results kept to answer redeliveries without a second forward.
+# Finished results, kept to acknowledge redeliveries without a second forward.
 REMEMBERED_RESULTS = 4096
 
 
@@ -184,14 +184,14 @@ class Listener:
         # A replay arrives with delivery_count 1 and is forwarded again. Only a
         # redelivery of an unacknowledged event reuses the remembered result.
         if event.id in self._finished and event.delivery_count > 1:
-            logger.info("redelivery answered from memory event_id=%s", event.id)
+            logger.info("redelivery acknowledged from the remembered result event_id=%s", event.id)
             return self._finished[event.id]
         task = self._running.get(event.id)
         if task is None:
             task = asyncio.create_task(self._deliver(event), name=f"deliver-{event.id}")
             self._running[event.id] = task
         # A worker cancelled by a disconnect leaves the delivery running; its
-        # result answers the redelivery after the reconnect.
+        # result acknowledges the redelivery after the reconnect.
         return await asyncio.shield(task)
 
     async def _deliver(self, event: Event) -> DeliveryResult:

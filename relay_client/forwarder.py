@@ -198,7 +198,7 @@ class Forwarder:
             await self._sleep(delay)
 
     async def _attempt(self, event: Event, attempt: int) -> tuple[int | None, str | None, float | None, float, TargetResponse | None]:
-        """Send once; returns status (None without an answer), error, Retry-After, duration and the answer."""
+        """Send once; return the status (None without a response), error, Retry-After, duration and response."""
         headers = forward_headers(event, self.config.target.authority, self.config.host_header)
         headers.append((ATTEMPT_HEADER, str(attempt).encode()))
         if self._sign is not None:
@@ -217,7 +217,7 @@ class Forwarder:
         return status, error, retry_delay, _elapsed_ms(started), response if event.respond else None
 
     async def _send(self, event: Event, headers: list[tuple[bytes, bytes]]) -> TargetResponse:
-        """Send one request and return the target's answer; its body is cut at the reading limit."""
+        """Send one request and return the target's response, its body cut at the reading limit."""
         assert self._session is not None, "use the forwarder as an async context manager"
         path = self.config.target.url_for(event.target.decode("utf-8", "surrogateescape"))
         text_headers = as_text_headers(headers)

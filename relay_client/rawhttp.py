@@ -29,7 +29,7 @@ class RawResponse:
 
 
 class RawRequestError(Exception):
-    """The request could not be sent or the answer was not valid HTTP/1.1."""
+    """The request could not be sent or the response was not valid HTTP/1.1."""
 
 
 async def exchange(
@@ -42,7 +42,7 @@ async def exchange(
     timeout: float,
     max_body: int,
 ) -> RawResponse:
-    """Send the request and read the answer, keeping at most ``max_body`` bytes of its body."""
+    """Send the request and read the response, keeping at most ``max_body`` bytes of its body."""
     async with asyncio.timeout(timeout):
         context = ssl.create_default_context() if target.scheme == "https" else None
         reader, writer = await asyncio.open_connection(target.host.strip("[]"), target.port, ssl=context)

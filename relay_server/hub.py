@@ -1,4 +1,4 @@
-"""Wake-ups for websocket sessions, and target answers for waiting senders.
+"""Wake-ups for websocket sessions, and target responses for waiting senders.
 
 The hub carries no events, only the news that a channel changed: a new
 event was stored, or a consumer released events for redelivery. Sessions
@@ -80,7 +80,7 @@ class Hub:
         """Disconnect; calling it twice is harmless."""
 
     def expect_response(self, event_id: str) -> asyncio.Future[TargetResponse]:
-        """Register interest in the target's answer to ``event_id``; call :meth:`forget_response` after."""
+        """Register interest in the target's response to ``event_id``; call :meth:`forget_response` after."""
         future: asyncio.Future[TargetResponse] = asyncio.get_running_loop().create_future()
         self._answers[event_id] = future
         return future
@@ -89,7 +89,7 @@ class Hub:
         self._answers.pop(event_id, None)
 
     def deliver_response(self, response: TargetResponse) -> bool:
-        """Hand an answer to the request waiting for it; False when none waits any more."""
+        """Hand a response to the request waiting for it; False when none waits any more."""
         future = self._answers.pop(response.event_id, None)
         if future is None or future.done():
             return False

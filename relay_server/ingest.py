@@ -6,7 +6,7 @@ bytes with order, spelling and repeats, and the body bytes. Gzip bodies stay
 compressed because the app runs with ``auto_decompress=False``.
 
 The sender gets ``202`` with the event id only after the store committed
-the event, so a crash right after the answer loses nothing.
+the event, so a crash right after the response loses nothing.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ INGEST_PREFIX = "/h/"
 
 
 def json_error(status: int, code: str, message: str, **headers: str) -> web.Response:
-    """Build an error answer as JSON; the ingest URL never returns HTML."""
+    """Build an error response as JSON; the ingest URL never returns HTML."""
     return web.json_response({"error": code, "message": message}, status=status, headers=headers or None)
 
 
@@ -93,7 +93,7 @@ async def handle_ingest(request: web.Request) -> web.StreamResponse:
         return screened.rejection
 
     settings = ResponseSettings.of(channel.settings)
-    # A sync sender waits only when a listener is there to produce the answer.
+    # A sync sender waits only when a listener is there to produce the response.
     waits = settings.mode == "sync" and await state.hub.count_listeners(channel_id) > 0
     event = NewEvent(
         id=new_event_id(),

@@ -5,7 +5,7 @@ Every limit responds with a clear status and a JSON body, never HTML:
 * ``431`` when a request has more than ``max_headers`` header fields or
   more than ``max_header_bytes`` bytes of header names and values;
 * ``429`` with ``Retry-After`` when a source address, or a channel, sends
-  faster than its token bucket allows. A bucket holds ``burst`` tokens and
+  faster than its token bucket allows. A bucket contains at most ``burst`` tokens and
   refills at ``rate`` tokens per second; each request takes one.
 
 The per-address bucket applies to every request (ingest, API, websocket
@@ -167,7 +167,7 @@ class IngressGuard:
         self.connections = ConnectionTable(limits.max_connections_per_address, self.counters)
 
     def admit_channel(self, channel: str) -> web.Response | None:
-        """Take a token from the channel's bucket; returns the 429 answer when it is empty."""
+        """Take a token from the channel's bucket; return the 429 response when it is empty."""
         wait = self.by_channel.acquire(channel)
         if not wait:
             return None
@@ -184,7 +184,7 @@ class IngressGuard:
         return rate_limited(f"more than {self.limits.address_rate:g} requests per second from your address", wait)
 
     def check_headers(self, raw_headers: tuple[tuple[bytes, bytes], ...]) -> web.Response | None:
-        """Return the 431 answer when the header list is over a limit."""
+        """Return the 431 response when the header list is over a limit."""
         count = len(raw_headers)
         if count > self.limits.max_headers:
             self.counters.count("headers_too_large")

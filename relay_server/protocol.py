@@ -119,7 +119,7 @@ def wire_to_bytes(text: str) -> bytes:
     try:
         return text.encode("latin-1")
     except UnicodeEncodeError as exc:
-        raise ProtocolError(f"byte string holds a code point above 255 at {exc.start}") from None
+        raise ProtocolError(f"invalid byte string: code point above 255 at index {exc.start}") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,7 +2,7 @@
 
 An event stored through node A must wake the listener sessions on node B,
 a history watcher on B must see a change made through A, and the target's
-answer that reaches B must get to the sender waiting on A. Each node keeps
+response that reaches B must get to the sender waiting on A. Each node keeps
 the in-process :class:`~relay_server.hub.Hub` for its own sessions and
 adds Redis pub/sub between nodes:
 

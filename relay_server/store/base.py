@@ -63,7 +63,7 @@ class EventQuery:
     """Filters for listing a channel's history, newest first.
 
     ``before`` and ``after`` are sequence numbers: ``before`` pages back in
-    history, ``after`` asks for what arrived since a given event.
+    history, ``after`` selects what arrived after a given event.
     """
 
     group: str = DEFAULT_GROUP

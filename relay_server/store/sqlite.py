@@ -3,7 +3,7 @@
 Every state change goes through one writer thread. Operations that arrive
 while a transaction runs wait and are committed together in the next one,
 each inside its own savepoint, so one failing operation does not undo its
-neighbours. A caller's ``await`` returns only after the commit that holds
+neighbours. A caller's ``await`` returns only after the commit that contains
 its operation.
 
 Durability: with ``synchronous=NORMAL`` (the default) a commit survives the
@@ -365,7 +365,7 @@ class SQLiteStore(EventStore):
     def _append(self, conn: sqlite3.Connection, event: NewEvent) -> int:
         deduplicated = bool(event.dedupe_key) and event.dedupe_window > 0
         if deduplicated:
-            # A redelivery of a stored event is answered even when the channel is full.
+            # A redelivery of a stored event gets its duplicate response even when the channel is full.
             sqlite_dedupe.raise_if_duplicate(conn, event.channel, event.dedupe_key, event.received_at)
         count = self._count(conn, event.channel)
         if count >= self.retention.max_events:
@@ -420,8 +420,8 @@ class SQLiteStore(EventStore):
         if count <= 0:
             return []
         # NOTE: a claim's weight is unknown before it runs, so it counts as
-        # small; claiming 25 MiB events reads their bodies on the event loop's
-        # thread, bounded by the listener's window (2 x --concurrency).
+        # small. Claiming 25 MiB events therefore reads their bodies on the
+        # event loop's thread, bounded by the listener's window (2 x --concurrency).
         return await self._submit(lambda conn: self._claim(conn, channel, group, consumer, count))
 
     def _claim(self, conn: sqlite3.Connection, channel: str, group: str, consumer: str, count: int) -> list[Event]:
@@ -465,7 +465,7 @@ class SQLiteStore(EventStore):
         if row is not None:
             return row[0]
 
-        # A new group sees the events that arrive from now on.
+        # A new group starts at the end of the log: it gets events stored from now on.
         (last,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events WHERE channel = ?", (channel,)).fetchone()
         conn.execute("INSERT INTO groups (channel, name, last_seq) VALUES (?, ?, ?)", (channel, group, last))
         logger.info("group created channel=%s group=%s position=%d", channel, group, last)
