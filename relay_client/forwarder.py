@@ -8,7 +8,8 @@ Fidelity rules (the relay is invisible to the receiver):
   hop-by-hop headers (RFC 9110 §7.6.1, plus the names listed in
   ``Connection``) and ``Host`` are replaced;
 * the HTTP client adds nothing of its own: no ``User-Agent``, ``Accept``,
-  ``Accept-Encoding`` or ``Content-Type`` the sender did not send;
+  ``Accept-Encoding`` or ``Content-Type`` the sender did not send, and no
+  ``Cookie`` from a ``Set-Cookie`` the target answered earlier;
 * ``X-Forwarded-For`` gets the sender's address appended, ``X-Forwarded-Host``
   and ``X-Forwarded-Proto`` are added when the sender did not send them, and
   ``X-Hookrelay-Event-Id`` carries the stable event id for de-duplication;
@@ -156,6 +157,7 @@ class Forwarder:
                 connector=connector,
                 skip_auto_headers=_SKIP_AUTO_HEADERS,
                 auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
                 timeout=aiohttp.ClientTimeout(total=self.config.timeout),
             )
         return self

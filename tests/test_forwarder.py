@@ -228,3 +228,13 @@ async def test_result_duration_excludes_retry_waits():
         result = await forwarder.deliver(event())
     assert result.attempts == 2
     assert result.duration_ms == reported[-1].duration_ms
+
+
+async def test_target_cookies_are_not_sent_back():
+    """A Set-Cookie from the target never turns into a Cookie header on later deliveries."""
+    answer = b"HTTP/1.1 200 OK\r\nSet-Cookie: session=abc; Path=/\r\nContent-Length: 0\r\n\r\n"
+    async with RawTarget([answer]) as target, Forwarder(config(target.port, target=parse_target(f"localhost:{target.port}"))) as forwarder:
+        first = await forwarder.deliver(event(id="evt_cookie_1"))
+        second = await forwarder.deliver(event(id="evt_cookie_2"))
+    assert (first.status, second.status) == (200, 200)
+    assert [name for name, _ in target.requests[1][1] if name.lower() == b"cookie"] == []
