@@ -106,9 +106,10 @@ def listen(
         event_filter=event_filter,
         router=router,
         sign_secret=sign_secret,
-        # Prefetch little: events held by a busy listener are events its
-        # group peers cannot take.
-        window=2 * concurrency,
+        # Enough prefetch that workers never wait for the next claim, but
+        # little: events held by a busy listener are events its group peers
+        # cannot take.
+        window=4 * concurrency,
     )
     console = ListenerConsole(
         stderr, target, json_out=sys.stdout if as_json else None, public_url=saved.url, router=router,
@@ -136,7 +137,7 @@ def serve(
     retention_age: Annotated[str, typer.Option(envvar="HOOKRELAY_RETENTION_AGE", help="Events older than this are deleted (7d, 12h).")] = "7d",
     retention_events: Annotated[int, typer.Option(envvar="HOOKRELAY_RETENTION_EVENTS", min=1, help="Events kept per channel; ingest returns 429 when all are unacknowledged.")] = 100_000,
     admin_token: AdminTokenOption = None,
-    window: Annotated[int, typer.Option(envvar="HOOKRELAY_WINDOW", min=1, max=10_000, help="Maximum events in flight per listener.")] = 64,
+    window: Annotated[int, typer.Option(envvar="HOOKRELAY_WINDOW", min=1, max=10_000, help="Most events in flight per listener; a listener asks for 4 x its --concurrency.")] = 512,
     heartbeat: Annotated[str, typer.Option(envvar="HOOKRELAY_HEARTBEAT", help="Ping interval for listener connections.")] = "10s",
     log_level: Annotated[str, typer.Option(envvar="HOOKRELAY_LOG_LEVEL", help="debug, info, warning or error.")] = "info",
     max_headers: cli_security.MaxHeadersOption = 100,

@@ -142,4 +142,4 @@ class ListenerConfig:
     def listen_url(self, attempt: int = 0) -> str:
         parts = urlsplit(self.relay_at(attempt))
         scheme = "wss" if parts.scheme == "https" else "ws"
-        return f"{scheme}://{parts.netloc}{parts.path}/api/channels/{self.channel}/listen?group={self.group}&window={self.window}"
+        return f"{scheme}://{parts.netloc}{parts.path}/api/channels/{self.channel}/listen?group={self.group}&window={self.window}&batch=1"

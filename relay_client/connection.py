@@ -34,7 +34,7 @@ from relay_server.protocol import (
     ProtocolError,
     TargetResponse,
     Welcome,
-    decode_event,
+    decode_events,
     decode_text,
     encode_ack,
     encode_attempt,
@@ -167,7 +167,8 @@ class Listener:
     async def _read_frames(self, ws: websockets.ClientConnection, queue: asyncio.Queue[Event]) -> None:
         async for frame in ws:
             if isinstance(frame, bytes):
-                queue.put_nowait(decode_event(frame))
+                for event in decode_events(frame):
+                    queue.put_nowait(event)
                 continue
             message = decode_text(frame)
             if message["type"] == "error":

@@ -135,7 +135,8 @@ async def listen(request: web.Request, channel_id: str) -> web.StreamResponse:
     await ws.prepare(request)
     state.sessions.add(ws)
     try:
-        await ListenerSession(state, ws, channel_id, group, window).run()
+        batch = request.query.get("batch") == "1"
+        await ListenerSession(state, ws, channel_id, group, window, batch=batch).run()
     except StoreError as exc:
         # The upgrade is done, so no 503 can be sent: close and let the
         # listener reconnect, perhaps to a node that reaches the store.

@@ -10,7 +10,9 @@ Frames travel as websocket messages:
 * relay → listener, text: ``welcome`` (session parameters) and ``error``.
 * relay → listener, binary: ``event`` frames. A binary frame is the tag byte
   ``E``, a 4-byte big-endian length of a JSON header, the header, then the
-  raw body. The body is never base64-encoded or re-encoded.
+  raw body. The body is never base64-encoded or re-encoded. A listener that
+  connects with ``batch=1`` may also get ``batch`` frames (tag ``B``): event
+  frames, each behind its 4-byte length, so that a burst costs one message.
 * listener → relay, text: ``ack`` frames that carry the outcome of one or
   more deliveries (delivered, failed, skipped) with the target's status,
   and ``attempt`` frames for each failed attempt that will be retried.
@@ -39,12 +41,16 @@ except ImportError:  # pragma: no cover - orjson is an optional speed-up
 __all__ = [
     "PROTOCOL_VERSION",
     "EVENT_TAG",
+    "BATCH_TAG",
     "ProtocolError",
     "Event",
     "DeliveryResult",
     "Welcome",
     "encode_event",
     "decode_event",
+    "encode_batch",
+    "decode_batch",
+    "decode_events",
     "TargetResponse",
     "encode_response",
     "decode_response",
@@ -62,6 +68,7 @@ __all__ = [
 
 PROTOCOL_VERSION = 1
 EVENT_TAG = b"E"
+BATCH_TAG = b"B"
 RESPONSE_TAG = b"R"
 _LENGTH = struct.Struct(">I")
 
@@ -256,7 +263,7 @@ def _binary_frame(tag: bytes, header: dict[str, Any], body: bytes) -> bytes:
     return b"".join((tag, _LENGTH.pack(len(head)), head, body))
 
 
-def _split_binary(frame: bytes, tag: bytes, kind: str) -> tuple[dict[str, Any], bytes]:
+def _split_binary(frame: bytes | memoryview, tag: bytes, kind: str) -> tuple[dict[str, Any], bytes]:
     view = memoryview(frame)
     if len(view) < 5 or view[:1] != tag:
         raise ProtocolError(f"binary frame does not start with the {kind} tag")
@@ -272,7 +279,7 @@ def _split_binary(frame: bytes, tag: bytes, kind: str) -> tuple[dict[str, Any], 
     return header, bytes(view[5 + length :])
 
 
-def decode_event(frame: bytes) -> Event:
+def decode_event(frame: bytes | memoryview) -> Event:
     """Parse a binary event frame; raises :class:`ProtocolError` on any defect."""
     header, body = _split_binary(frame, EVENT_TAG, "event")
     return Event(
@@ -291,6 +298,42 @@ def decode_event(frame: bytes) -> Event:
         respond=header.get("respond") is True,
         verification=header.get("verification") if isinstance(header.get("verification"), str) else None,
     )
+
+
+def encode_batch(frames: list[bytes]) -> bytes:
+    """Pack event frames from :func:`encode_event` into one ``batch`` frame."""
+    parts = [BATCH_TAG]
+    for frame in frames:
+        parts += (_LENGTH.pack(len(frame)), frame)
+    return b"".join(parts)
+
+
+def decode_batch(frame: bytes) -> list[Event]:
+    """Parse a ``batch`` frame into its events; raises :class:`ProtocolError` on any defect."""
+    view = memoryview(frame)
+    if view[:1] != BATCH_TAG:
+        raise ProtocolError("binary frame does not start with the batch tag")
+    events = []
+    offset = 1
+    while offset < len(view):
+        if offset + 4 > len(view):
+            raise ProtocolError(f"batch frame ends inside a length at byte {offset}")
+        (length,) = _LENGTH.unpack_from(view, offset)
+        offset += 4
+        if offset + length > len(view):
+            raise ProtocolError(f"batch member length {length} at byte {offset} exceeds the frame")
+        events.append(decode_event(view[offset : offset + length]))
+        offset += length
+    if not events:
+        raise ProtocolError("batch frame carries no event")
+    return events
+
+
+def decode_events(frame: bytes) -> list[Event]:
+    """Parse a binary frame from the relay, an ``event`` or a ``batch``, into its events."""
+    if frame[:1] == BATCH_TAG:
+        return decode_batch(frame)
+    return [decode_event(frame)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,10 @@ events in flight (sent, not acknowledged), so a listener draining a large
 backlog receives a steady stream instead of the whole backlog at once. When
 the websocket closes for any reason, the events still in flight go back to
 the group and the next claim redelivers them with the same ids.
+
+Events claimed together go out as one ``batch`` frame when the listener
+asked for batches, because a websocket message per event cost the relay a
+system call per event under load.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from relay_server.protocol import (
     Welcome,
     decode_response,
     decode_text,
+    encode_batch,
     encode_error,
     encode_event,
     encode_welcome,
@@ -34,16 +39,25 @@ from relay_server.state import RelayState
 
 logger = logging.getLogger("hookrelay.server.session")
 
+# Events read from the store per claim: bounds the bodies held in memory at
+# once, whatever the window.
+CLAIM_LIMIT = 64
+# A batch frame grows up to about this many bytes; a larger event goes alone.
+BATCH_BYTES = 1024 * 1024
+
 
 class ListenerSession:
     """Moves events from the store to one websocket and acks back."""
 
-    def __init__(self, state: RelayState, ws: web.WebSocketResponse, channel: str, group: str, window: int) -> None:
+    def __init__(
+        self, state: RelayState, ws: web.WebSocketResponse, channel: str, group: str, window: int, *, batch: bool = False
+    ) -> None:
         self.state = state
         self.ws = ws
         self.channel = channel
         self.group = group
         self.window = window
+        self.batch = batch
         self.consumer = f"{group}-{secrets.token_hex(6)}"
         self.in_flight: set[str] = set()
         self.wakeup = state.hub.subscribe(channel)
@@ -94,16 +108,38 @@ class ListenerSession:
             # Clear before claiming: a notify that lands during the claim
             # must wake the next wait, not be lost.
             self.wakeup.clear()
-            room = self.window - len(self.in_flight)
+            room = min(self.window - len(self.in_flight), CLAIM_LIMIT)
             events = await self.state.store.claim(self.channel, self.group, self.consumer, room) if room > 0 else []
+            frames = []
             for event in events:
                 self.in_flight.add(event.id)
                 if event.respond_until is not None and time.time() < event.respond_until:
                     # A sender still waits for this event's answer.
                     event = dataclasses.replace(event, respond=True)
-                await self.ws.send_bytes(encode_event(event))
+                frames.append(encode_event(event))
+            await self._send_frames(frames)
             if not events:
                 await self.wakeup.wait()
+
+    async def _send_frames(self, frames: list[bytes]) -> None:
+        """Send event frames, packed into batch frames of up to BATCH_BYTES when the listener takes them."""
+        if not self.batch:
+            for frame in frames:
+                await self.ws.send_bytes(frame)
+            return
+        packed: list[bytes] = []
+        size = 0
+        for frame in frames:
+            if packed and size + len(frame) > BATCH_BYTES:
+                await self._send_packed(packed)
+                packed, size = [], 0
+            packed.append(frame)
+            size += len(frame)
+        if packed:
+            await self._send_packed(packed)
+
+    async def _send_packed(self, frames: list[bytes]) -> None:
+        await self.ws.send_bytes(frames[0] if len(frames) == 1 else encode_batch(frames))
 
     async def _receive(self) -> None:
         async for message in self.ws:

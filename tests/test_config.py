@@ -55,7 +55,7 @@ def test_url_for_joins_base_and_tail(base, tail, url):
 def test_listen_url_carries_group_and_window():
     """The websocket URL switches scheme and names the channel."""
     config = ListenerConfig(relay="https://relay.test/base/", channel="ch_a", token="t", group="ci", window=8)
-    assert config.listen_url() == "wss://relay.test/base/api/channels/ch_a/listen?group=ci&window=8"
+    assert config.listen_url() == "wss://relay.test/base/api/channels/ch_a/listen?group=ci&window=8&batch=1"
 
 
 @pytest.mark.parametrize("status, retryable", [(408, True), (425, True), (429, True), (500, True), (599, True), (400, False), (404, False), (302, False), (200, False)])

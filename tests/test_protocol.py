@@ -10,9 +10,12 @@ from relay_server.protocol import (
     Event,
     ProtocolError,
     Welcome,
+    decode_batch,
     decode_event,
+    decode_events,
     decode_text,
     encode_ack,
+    encode_batch,
     encode_event,
     encode_welcome,
 )
@@ -80,6 +83,32 @@ def test_malformed_event_frames_are_rejected(frame, message):
     """Each defect of a binary frame is named in the error."""
     with pytest.raises(ProtocolError) as info:
         decode_event(frame)
+    assert str(info.value) == message
+
+
+def test_batch_round_trip_keeps_order_and_bytes():
+    """A batch frame gives back its events in order, each as its own frame would."""
+    events = [make_event(id=f"evt_{n}", seq=n, body=ALL_BYTES[n:]) for n in range(5)]
+    frame = encode_batch([encode_event(event) for event in events])
+    assert decode_batch(frame) == events
+    assert decode_events(frame) == events
+    assert decode_events(encode_event(events[0])) == events[:1]
+
+
+@pytest.mark.parametrize(
+    "frame, message",
+    [
+        (b"B", "batch frame carries no event"),
+        (b"B\x00\x00", "batch frame ends inside a length at byte 1"),
+        (b"B" + struct.pack(">I", 50) + b"E", "batch member length 50 at byte 5 exceeds the frame"),
+        (b"B" + struct.pack(">I", 1) + b"X", "binary frame does not start with the event tag"),
+        (b"E" + struct.pack(">I", 0), "binary frame does not start with the batch tag"),
+    ],
+)
+def test_malformed_batch_frames_are_rejected(frame, message):
+    """A batch with a cut length, an overlong member or a member that is no event frame is a protocol error."""
+    with pytest.raises(ProtocolError) as info:
+        decode_batch(frame)
     assert str(info.value) == message
 
 
