@@ -5,6 +5,7 @@ one backend's own settings or failure modes are marked with their backend.
 """
 
 import asyncio
+import dataclasses
 import time
 
 import pytest
@@ -139,6 +140,28 @@ async def test_pending_events_survive_reopen(make_store):
         assert (await reopened.get_channel("ch_a")).token_hash == hash_token("t")
         again = await reopened.claim("ch_a", "default", "c2", 10)
     assert [e.id for e in again] == [f"evt_ch_a_{n:05d}" for n in range(3)]
+
+
+async def test_fresh_claim_equals_claim_after_reopen(make_store):
+    """An event claimed right after it was stored is the same, field for field, as one read back after a restart."""
+    sent = NewEvent(
+        id="evt_fields", channel="ch_a", method="PATCH", target=b"/t?x=%zz", headers=((b"X-A", b"\xff"), (b"x-a", b"2")),
+        body=bytes(range(256)), received_at=time.time(), remote="127.0.0.9", scheme="https", event_type="push",
+        respond_until=time.time() + 60, verification="github; result=valid",
+    )
+    async with make_store() as store:
+        await store.create_channel(ChannelRecord("ch_a", hash_token("t"), time.time()))
+        await store.append(sent)
+        [fresh] = await store.claim("ch_a", "default", "c1", 10)
+        await store.release("ch_a", "default", "c1")
+        [redelivered] = await store.claim("ch_a", "default", "c2", 10)
+    async with make_store() as reopened:
+        [read_back] = await reopened.claim("ch_a", "default", "c3", 10)
+
+    assert fresh == dataclasses.replace(read_back, delivery_count=1)
+    assert fresh.headers_json is None or fresh.headers_json == read_back.headers_json
+    assert (fresh.delivery_count, redelivered.delivery_count, read_back.delivery_count) == (1, 2, 3)
+    assert redelivered == dataclasses.replace(read_back, delivery_count=2)
 
 
 async def test_full_channel_prunes_acknowledged_events(make_store):

@@ -26,11 +26,13 @@ the store's thread and see committed data only.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import math
 import sqlite3
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -147,6 +149,11 @@ _INLINE_BATCH_BYTES = 1024 * 1024
 # checkpoint comes after 1,000 pages (4 MiB with the default page size).
 _CHECKPOINT_COMMITS = 200
 _CHECKPOINT_BYTES = 4 * 1024 * 1024
+# The newest stored events stay in memory, up to this many and this many
+# body bytes, so that a claim for a listener that keeps up does not read
+# the bodies back from the database.
+_RECENT_EVENTS = 512
+_RECENT_BYTES = 8 * 1024 * 1024
 
 Operation = Callable[[sqlite3.Connection], Any]
 # An operation, the future of its caller, and its weight: the body bytes it
@@ -183,6 +190,10 @@ class SQLiteStore(EventStore):
         self._writer: asyncio.Task[None] | None = None
         self._channels: dict[str, ChannelRecord] = {}
         self._counts: dict[str, int] = {}
+        # Stored events never change, so a copy of a committed one is exact.
+        # Only operations of the write batches touch it, one batch at a time.
+        self._recent: OrderedDict[int, Event] = OrderedDict()
+        self._recent_bytes = 0
         self._closed = False
 
     # -- lifecycle -----------------------------------------------------
@@ -300,6 +311,8 @@ class SQLiteStore(EventStore):
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
+            # The batch's appends are gone and their seqs may be used again.
+            self._forget_recent()
             raise
         return results
 
@@ -375,6 +388,7 @@ class SQLiteStore(EventStore):
         if deduplicated:
             expires_at = event.received_at + event.dedupe_window
             sqlite_dedupe.remember(conn, event.channel, event.dedupe_key, event.id, expires_at)
+        headers_json = _encode_headers(event.headers)
         cursor = conn.execute(
             f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -383,7 +397,7 @@ class SQLiteStore(EventStore):
                 event.received_at,
                 event.method,
                 event.target,
-                _encode_headers(event.headers),
+                headers_json,
                 event.body,
                 event.remote,
                 event.scheme,
@@ -393,7 +407,20 @@ class SQLiteStore(EventStore):
             ),
         )
         self._counts[event.channel] = count + 1
-        return int(cursor.lastrowid)
+        seq = int(cursor.lastrowid)
+        self._remember_recent(_stored_event(event, seq, headers_json))
+        return seq
+
+    def _remember_recent(self, event: Event) -> None:
+        self._recent[event.seq] = event
+        self._recent_bytes += len(event.body)
+        while len(self._recent) > _RECENT_EVENTS or self._recent_bytes > _RECENT_BYTES:
+            _, oldest = self._recent.popitem(last=False)
+            self._recent_bytes -= len(oldest.body)
+
+    def _forget_recent(self) -> None:
+        self._recent.clear()
+        self._recent_bytes = 0
 
     def _count(self, conn: sqlite3.Connection, channel: str) -> int:
         if channel not in self._counts:
@@ -472,11 +499,20 @@ class SQLiteStore(EventStore):
         return last
 
     def _load_events(self, conn: sqlite3.Connection, seqs: list[int], counts: dict[int, int]) -> list[Event]:
-        if not seqs:
-            return []
-        marks = ",".join("?" * len(seqs))
-        rows = conn.execute(f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq IN ({marks}) ORDER BY seq", seqs)
-        return [_row_to_event(row, counts.get(row[0], 1)) for row in rows]
+        """Return the events of ``seqs`` (sorted) that still exist, each with its delivery count."""
+        found = {seq: self._recent[seq] for seq in seqs if seq in self._recent}
+        missing = [seq for seq in seqs if seq not in found]
+        if missing:
+            marks = ",".join("?" * len(missing))
+            rows = conn.execute(f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq IN ({marks})", missing)
+            found.update((row[0], _row_to_event(row, 1)) for row in rows)
+        events = []
+        for seq in seqs:
+            event = found.get(seq)
+            if event is not None:
+                count = counts.get(seq, 1)
+                events.append(event if count == 1 else dataclasses.replace(event, delivery_count=count))
+        return events
 
     async def ack(self, channel: str, group: str, results: list[DeliveryResult]) -> int:
         if not results:
@@ -703,6 +739,26 @@ def _row_to_answer(row: tuple[Any, ...]) -> SenderAnswer:
     status, headers, body, source, at = row
     pairs = tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in json.loads(headers))
     return SenderAnswer(status, pairs, bytes(body), source, at)
+
+
+def _stored_event(event: NewEvent, seq: int, headers_json: str) -> Event:
+    """The event a claim would read back for ``event`` stored under ``seq``."""
+    return Event(
+        id=event.id,
+        channel=event.channel,
+        seq=seq,
+        method=event.method,
+        target=event.target,
+        headers=event.headers,
+        headers_json=headers_json,
+        body=event.body,
+        received_at=event.received_at,
+        remote=event.remote,
+        scheme=event.scheme,
+        event_type=event.event_type,
+        respond_until=event.respond_until,
+        verification=event.verification,
+    )
 
 
 def _row_to_event(row: tuple[Any, ...], delivery_count: int) -> Event:
