@@ -7,10 +7,12 @@ Workers forward events in arrival order (one worker keeps the channel's
 order, ``concurrency`` workers trade order for speed) and each result is
 acknowledged on the connection that is open when it finishes.
 
-Across reconnects the listener remembers deliveries it started: when the
-relay redelivers an event whose delivery is still running or already
-finished here, the listener waits for that result or reuses it instead of
-forwarding the event a second time.
+A disconnect does not cut a running delivery short: the workers of a lost
+connection finish the event in hand and then stop, and its result goes to
+the connection open by then. Across reconnects the listener remembers
+deliveries it started: when the relay redelivers an event whose delivery
+is still running or already finished here, the listener waits for that
+result or reuses it instead of forwarding the event a second time.
 """
 
 from __future__ import annotations
@@ -67,8 +69,11 @@ class Listener:
         self.config = config
         self.forwarder = forwarder
         self.events = events
-        self._running: dict[str, asyncio.Task[DeliveryResult]] = {}
+        # Deliveries in progress, each with the future of its result.
+        self._running: dict[str, asyncio.Future[DeliveryResult]] = {}
         self._finished: OrderedDict[str, DeliveryResult] = OrderedDict()
+        # Workers of every connection, the lost ones finishing their last event.
+        self._workers: set[asyncio.Task[None]] = set()
         # Connection attempts so far; picks the relay among several.
         self._attempt = 0
         # Reports of running deliveries go to the connection open at the time.
@@ -145,18 +150,23 @@ class Listener:
 
     async def _pump(self, ws: websockets.ClientConnection, stop: asyncio.Event) -> None:
         """Run reader, workers and acker until the connection or ``stop`` ends them."""
-        queue: asyncio.Queue[Event] = asyncio.Queue()
+        queue: asyncio.Queue[Event | None] = asyncio.Queue()
         acks: asyncio.Queue[Outgoing] = asyncio.Queue()
         self._outbox = acks
-        tasks = [asyncio.create_task(self._read_frames(ws, queue), name="hookrelay-reader")]
-        tasks += [asyncio.create_task(self._work(queue, acks), name=f"hookrelay-worker-{i}") for i in range(self.config.concurrency)]
-        tasks.append(asyncio.create_task(self._send_acks(ws, acks), name="hookrelay-acker"))
+        workers = [self._start_worker(queue, i) for i in range(self.config.concurrency)]
+        tasks = [
+            asyncio.create_task(self._read_frames(ws, queue), name="hookrelay-reader"),
+            asyncio.create_task(self._send_acks(ws, acks), name="hookrelay-acker"),
+        ]
         stopper = asyncio.create_task(stop.wait(), name="hookrelay-stop")
         try:
-            done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait([*tasks, *workers, stopper], return_when=asyncio.FIRST_COMPLETED)
             if stopper in done:
-                await self._drain_on_stop(queue, acks, ws)
+                _retire_workers(queue, len(workers))
+                await self._drain_on_stop(acks, ws)
         finally:
+            self._outbox = None
+            _retire_workers(queue, len(workers))
             for task in [*tasks, stopper]:
                 task.cancel()
             await asyncio.gather(*tasks, stopper, return_exceptions=True)
@@ -164,7 +174,19 @@ class Listener:
             if task is not stopper and task.exception() is not None:
                 raise task.exception()
 
-    async def _read_frames(self, ws: websockets.ClientConnection, queue: asyncio.Queue[Event]) -> None:
+    def _start_worker(self, queue: asyncio.Queue[Event | None], index: int) -> asyncio.Task[None]:
+        worker = asyncio.create_task(self._work(queue), name=f"hookrelay-worker-{index}")
+        self._workers.add(worker)
+        worker.add_done_callback(self._worker_done)
+        return worker
+
+    def _worker_done(self, worker: asyncio.Task[None]) -> None:
+        self._workers.discard(worker)
+        if not worker.cancelled() and worker.exception() is not None and self._outbox is None:
+            # A worker of a lost connection has nobody left to raise to.
+            logger.error("delivery worker failed after its connection closed: %r", worker.exception())
+
+    async def _read_frames(self, ws: websockets.ClientConnection, queue: asyncio.Queue[Event | None]) -> None:
         async for frame in ws:
             if isinstance(frame, bytes):
                 for event in decode_events(frame):
@@ -174,11 +196,12 @@ class Listener:
             if message["type"] == "error":
                 logger.error("relay reported an error: %s", message.get("message"))
 
-    async def _work(self, queue: asyncio.Queue[Event], acks: asyncio.Queue[Outgoing]) -> None:
-        while True:
-            event = await queue.get()
+    async def _work(self, queue: asyncio.Queue[Event | None]) -> None:
+        """Deliver events one at a time until the queue hands out None."""
+        while (event := await queue.get()) is not None:
             result = await self._result_for(event)
-            acks.put_nowait(result)
+            if self._outbox is not None:
+                self._outbox.put_nowait(result)
 
     async def _result_for(self, event: Event) -> DeliveryResult:
         """Forward ``event`` once, or reuse a delivery of it that is running or finished."""
@@ -187,15 +210,30 @@ class Listener:
         if event.id in self._finished and event.delivery_count > 1:
             logger.info("redelivery acknowledged from the remembered result event_id=%s", event.id)
             return self._finished[event.id]
-        task = self._running.get(event.id)
-        if task is None:
-            task = asyncio.create_task(self._deliver(event), name=f"deliver-{event.id}")
-            self._running[event.id] = task
-        # A worker cancelled by a disconnect leaves the delivery running; its
-        # result acknowledges the redelivery after the reconnect.
-        return await asyncio.shield(task)
+        running = self._running.get(event.id)
+        if running is not None:
+            # A worker of the lost connection is still at it; share its result.
+            return await asyncio.shield(running)
+        return await self._deliver(event)
 
     async def _deliver(self, event: Event) -> DeliveryResult:
+        finished: asyncio.Future[DeliveryResult] = asyncio.get_running_loop().create_future()
+        self._running[event.id] = finished
+        try:
+            result = await self._forward(event)
+        except BaseException as exc:
+            _fail_quietly(finished, exc)
+            raise
+        finally:
+            self._running.pop(event.id, None)
+        finished.set_result(result)
+        self._finished[event.id] = result
+        if len(self._finished) > REMEMBERED_RESULTS:
+            self._finished.popitem(last=False)
+        self.events.finished(event, result)
+        return result
+
+    async def _forward(self, event: Event) -> DeliveryResult:
         answered = False
 
         def report(attempt: Attempt) -> None:
@@ -210,15 +248,7 @@ class Listener:
             if not attempt.final:
                 outbox.put_nowait(AttemptReport(event.id, attempt.attempt, attempt.status, attempt.duration_ms, attempt.error))
 
-        try:
-            result = await self.forwarder.deliver(event, on_attempt=report)
-        finally:
-            self._running.pop(event.id, None)
-        self._finished[event.id] = result
-        if len(self._finished) > REMEMBERED_RESULTS:
-            self._finished.popitem(last=False)
-        self.events.finished(event, result)
-        return result
+        return await self.forwarder.deliver(event, on_attempt=report)
 
     async def _send_acks(self, ws: websockets.ClientConnection, acks: asyncio.Queue[Outgoing]) -> None:
         """Send reports in order, batching results that finish together into one ack."""
@@ -230,7 +260,7 @@ class Listener:
                 pending.append(acks.get_nowait())
             await _send_outgoing(ws, pending)
 
-    async def _drain_on_stop(self, queue: asyncio.Queue[Event], acks: asyncio.Queue[Outgoing], ws: websockets.ClientConnection) -> None:
+    async def _drain_on_stop(self, acks: asyncio.Queue[Outgoing], ws: websockets.ClientConnection) -> None:
         """On stop, let running deliveries finish within the grace period and ack them."""
         running = list(self._running.values())
         if running:
@@ -247,10 +277,29 @@ class Listener:
         await ws.close(code=1001, reason="listener stopping")
 
     async def _finish_running(self) -> None:
-        for task in list(self._running.values()):
-            task.cancel()
-        if self._running:
-            await asyncio.gather(*self._running.values(), return_exceptions=True)
+        """Cancel the deliveries still running when the listener stops for good."""
+        workers = list(self._workers)
+        for worker in workers:
+            worker.cancel()
+        if workers:
+            await asyncio.gather(*workers, return_exceptions=True)
+
+
+def _retire_workers(queue: asyncio.Queue[Event | None], count: int) -> None:
+    """Drop the events nobody started (the relay sends them again) and let each worker stop after its current one."""
+    while not queue.empty():
+        queue.get_nowait()
+    for _ in range(count):
+        queue.put_nowait(None)
+
+
+def _fail_quietly(finished: asyncio.Future[DeliveryResult], exc: BaseException) -> None:
+    """Pass a failed delivery on to a redelivery waiting for it, without a warning if none waits."""
+    if isinstance(exc, asyncio.CancelledError):
+        finished.cancel()
+        return
+    finished.set_exception(exc)
+    finished.exception()
 
 
 async def _send_outgoing(ws: websockets.ClientConnection, pending: list[Outgoing]) -> None:

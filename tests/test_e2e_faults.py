@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 
+from tests.support.api import ChannelApi
 from tests.support.checks import accepted_event_id, post_webhook
 from tests.support.http import send_request
 from tests.support.proxy import TcpProxy
@@ -107,6 +108,33 @@ async def test_listener_sigkill_redelivers(runner, shared_relay, target):
 
     assert target.event_ids[0] == event_ids[0]
     assert first_occurrences(target.event_ids[1:]) == event_ids
+
+
+async def test_delivery_running_across_reconnect_is_not_repeated(runner, shared_relay, target):
+    """An event whose delivery outlives its connection reaches the target once and is acknowledged after the reconnect."""
+    proxy = TcpProxy(shared_relay.port)
+    await proxy.start()
+    try:
+        channel = await runner.create_channel(shared_relay.url)
+        runner.start_listener(proxy.url, channel, target.authority)
+        await proxy.wait_for_connections(1, DELIVERY_TIMEOUT)
+        target.stall()
+        held = await post_webhook(channel.url, b'{"n":1}')
+        await target.wait_for_event(held, DELIVERY_TIMEOUT)
+
+        proxy.cut()
+        await proxy.wait_for_connections(2, RECOVERY_TIMEOUT)
+        # The relay sends the unacknowledged event again on the new connection.
+        await asyncio.sleep(ACK_SETTLE)
+        target.release()
+        after = await post_webhook(channel.url, b'{"n":2}')
+        await target.wait_for_event(after, DELIVERY_TIMEOUT)
+        detail = await ChannelApi(shared_relay.url, channel).wait_for_state(held, "delivered", DELIVERY_TIMEOUT)
+    finally:
+        await proxy.close()
+
+    assert target.event_ids.count(held) == 1, target.event_ids
+    assert [attempt["status"] for attempt in detail["attempts"]] == [200], detail["attempts"]
 
 
 async def test_silent_dead_link_reconnects(runner, shared_relay, target):

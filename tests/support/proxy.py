@@ -1,10 +1,11 @@
-"""A TCP proxy on loopback that can turn its open connections into a silent black hole.
+"""A TCP proxy on loopback that can turn its open connections into a silent black hole, or cut them.
 
 `blackhole()` models a NAT or firewall that silently drops a connection:
 both ends keep their sockets open, bytes are accepted and thrown away, and
-neither end ever receives a FIN or RST. Connections opened after the call are
-forwarded as usual, so a client that notices the dead connection can
-reconnect through the same proxy.
+neither end ever receives a FIN or RST. `cut()` closes every open connection
+at once, as a restarted load balancer would. Connections opened after either
+call are forwarded as usual, so a client that notices the dead connection
+can reconnect through the same proxy.
 """
 
 import asyncio
@@ -52,6 +53,11 @@ class TcpProxy:
         """Stop forwarding on every open connection without closing it."""
         for link in self._links:
             link.blackholed = True
+
+    def cut(self) -> None:
+        """Close every open connection on both sides."""
+        for link in self._links:
+            link.close()
 
     async def wait_for_connections(self, count: int, timeout: float) -> float:
         """Wait until `count` connections were accepted in total and return the seconds waited."""
