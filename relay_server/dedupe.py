@@ -18,10 +18,11 @@ with that event's id instead of storing them again.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from relay_server.errors import ConfigError
-from relay_server.event_types import small_payload
+from relay_server.event_types import lazy_payload
 
 DEFAULT_WINDOW = 24 * 3600.0
 MAX_WINDOW = 30 * 24 * 3600.0
@@ -30,14 +31,17 @@ _MAX_ID_LENGTH = 200
 Headers = tuple[tuple[bytes, bytes], ...]
 
 
-def dedupe_key(headers: Headers, body: bytes) -> str | None:
-    """Return ``provider:id`` for a request that carries a provider's delivery id, else None."""
+def dedupe_key(headers: Headers, body: bytes, *, payload: Callable[[], Any] | None = None) -> str | None:
+    """Return ``provider:id`` for a request that carries a provider's delivery id, else None.
+
+    ``payload`` is the request's :func:`~relay_server.event_types.lazy_payload`.
+    """
     lowered = {name.lower(): value for name, value in reversed(headers)}
     for header, provider in ((b"x-github-delivery", "github"), (b"webhook-id", "webhook"), (b"svix-id", "webhook")):
         value = lowered.get(header, b"").decode("latin-1").strip()
         if 0 < len(value) <= _MAX_ID_LENGTH:
             return f"{provider}:{value}"
-    return _slack_key(lowered) or _stripe_key(lowered, body)
+    return _slack_key(lowered) or _stripe_key(lowered, payload or lazy_payload(headers, body))
 
 
 def retry_note(headers: Headers) -> str | None:
@@ -71,8 +75,8 @@ def _slack_key(lowered: dict[bytes, bytes]) -> str | None:
     return f"slack:{timestamp}:{signature}"
 
 
-def _stripe_key(lowered: dict[bytes, bytes], body: bytes) -> str | None:
-    payload = small_payload(lowered.get(b"content-type", b""), body)
+def _stripe_key(lowered: dict[bytes, bytes], parse: Callable[[], Any]) -> str | None:
+    payload = parse()
     if not isinstance(payload, dict):
         return None
     event_id = payload.get("id")

@@ -12,17 +12,19 @@ JSON body); otherwise the provider is recognised by its headers and body:
 * GitLab, Gitea, Bitbucket and others: their event header.
 
 Headers come first because they cost nothing to read. A body is parsed
-only when it is at most 256 KiB, and a body that is not valid JSON, or is
-nested too deeply to parse, simply has no type.
+only when the answer needs it and it is at most 256 KiB, and a body that is
+not valid JSON, or is nested too deeply to parse, simply has no type.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
+from functools import cache
 from typing import Any
 from urllib.parse import parse_qs
 
 from relay_server.errors import ConfigError
+from relay_server.protocol import load_json
 
 # Header that names the event, per provider, checked in this order.
 _TYPE_HEADERS = (
@@ -39,26 +41,41 @@ _MAX_TYPE_LENGTH = 100
 Headers = tuple[tuple[bytes, bytes], ...]
 
 
-def detect_event_type(headers: Headers, body: bytes, source: dict[str, str] | None = None) -> str | None:
+def lazy_payload(headers: Headers, body: bytes) -> Callable[[], Any]:
+    """Return a function that parses the body as :func:`small_payload` does, once, on its first call.
+
+    Detection and de-duplication of one request share it, so a body is
+    parsed at most once, and only when a header did not already answer.
+    """
+    content_type = next((value for name, value in headers if name.lower() == b"content-type"), b"")
+    return cache(lambda: small_payload(content_type, body))
+
+
+def detect_event_type(
+    headers: Headers, body: bytes, source: dict[str, str] | None = None, *, payload: Callable[[], Any] | None = None
+) -> str | None:
     """Return a short event type such as ``issues.opened`` or ``invoice.paid``, or None.
 
     ``source`` is a channel's ``event_type`` setting: ``{"header": name}``
     or ``{"json": "dotted.path"}``. When it finds nothing, detection falls
-    back to the providers above.
+    back to the providers above. ``payload`` comes from :func:`lazy_payload`.
     """
     lowered = {name.lower(): value for name, value in reversed(headers)}
-    payload = small_payload(lowered.get(b"content-type", b""), body)
+    payload = payload or lazy_payload(headers, body)
     configured = _from_source(source, lowered, payload) if source else None
     if configured is not None:
         return configured
     for name in _TYPE_HEADERS:
         if name in lowered:
             base = _short(lowered[name].decode("latin-1").strip())
-            action = payload.get("action") if isinstance(payload, dict) else None
-            if name == b"x-github-event" and base and _short(action):
-                return f"{base}.{action}"
+            if name == b"x-github-event" and base:
+                document = payload()
+                action = document.get("action") if isinstance(document, dict) else None
+                if _short(action):
+                    return f"{base}.{action}"
             return base
-    return _from_payload(payload) if isinstance(payload, dict) else None
+    document = payload()
+    return _from_payload(document) if isinstance(document, dict) else None
 
 
 def check_source(raw: Any) -> dict[str, str]:
@@ -86,11 +103,11 @@ def json_field(document: Any, path: str) -> Any:
     return value
 
 
-def _from_source(source: dict[str, str], lowered: dict[bytes, bytes], payload: Any) -> str | None:
+def _from_source(source: dict[str, str], lowered: dict[bytes, bytes], payload: Callable[[], Any]) -> str | None:
     if "header" in source:
         value = lowered.get(source["header"].lower().encode("latin-1"))
         return _short(value.decode("latin-1").strip()) if value is not None else None
-    value = json_field(payload, source["json"])
+    value = json_field(payload(), source["json"])
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = str(value)
     return _short(value)
@@ -133,7 +150,7 @@ def small_payload(content_type: bytes, body: bytes) -> Any:
 
 def _parse_json(data: bytes | str) -> Any:
     try:
-        return json.loads(data)
+        return load_json(data)
     except (ValueError, RecursionError):
         # A body nested thousands of levels deep exhausts the parser's stack.
         return None

@@ -6,7 +6,8 @@ from urllib.parse import quote
 import pytest
 
 from relay_server.errors import ConfigError
-from relay_server.event_types import check_source, detect_event_type
+from relay_server.dedupe import dedupe_key
+from relay_server.event_types import check_source, detect_event_type, lazy_payload
 
 JSON = (b"Content-Type", b"application/json")
 
@@ -84,3 +85,22 @@ def test_check_source_rejects(raw):
     """Anything but one header name or one dotted path raises ConfigError."""
     with pytest.raises(ConfigError):
         check_source(raw)
+
+
+def test_type_from_header_leaves_body_unparsed():
+    """A provider header answers without parsing the body."""
+
+    def refuse():
+        raise AssertionError("the body was parsed")
+
+    sent = ((b"X-Shopify-Topic", b"orders/create"), (b"Content-Type", b"application/json"))
+    assert detect_event_type(sent, b'{"type": "other"}', payload=refuse) == "orders/create"
+
+
+def test_lazy_payload_parses_once_for_type_and_dedupe_key():
+    """Detection and the Stripe de-duplication key share one parse of the body."""
+    sent = ((b"Content-Type", b"application/json"), (b"Stripe-Signature", b"t=1,v1=x"))
+    parse = lazy_payload(sent, b'{"id": "evt_9", "object": "event", "type": "invoice.paid"}')
+    assert parse() is parse()
+    assert dedupe_key(sent, b"", payload=parse) == "stripe:evt_9"
+    assert detect_event_type(sent, b"", payload=parse) == "invoice.paid"
