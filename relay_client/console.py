@@ -25,7 +25,7 @@ from rich.text import Text
 from relay_client.config import Target
 from relay_client.forwarder import Attempt
 from relay_client.routing import Router
-from relay_server.protocol import DeliveryResult, Event, Welcome
+from relay_server.protocol import DeliveryResult, Event, Welcome, dump_json
 
 
 def printable(text: str) -> str:
@@ -126,7 +126,7 @@ class ListenerConsole:
         if self._json_lines is not None:
             route = self.router.resolve(event)
             record = delivery_record(event, result, route.target if route else None, self.group)
-            self._json_lines.write(json.dumps(record) + "\n")
+            self._json_lines.write(json_line(record))
 
     def flush(self) -> None:
         """Write the delivery lines and JSON records still buffered."""
@@ -202,6 +202,14 @@ def parse_verification(value: str | None) -> tuple[str, str] | None:
     scheme, _, parameter = value.partition(";")
     name, _, result = parameter.strip().partition("=")
     return (scheme.strip(), result.strip()) if name == "result" and result else None
+
+
+def json_line(record: dict[str, object]) -> str:
+    """Encode one ``--json`` record as a compact line of ASCII, which any terminal encoding can print."""
+    encoded = dump_json(record)
+    if encoded.isascii():
+        return encoded.decode() + "\n"
+    return json.dumps(record, separators=(",", ":")) + "\n"
 
 
 def delivery_record(event: Event, result: DeliveryResult, target: Target | None, group: str) -> dict[str, object]:

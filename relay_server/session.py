@@ -42,8 +42,11 @@ logger = logging.getLogger("hookrelay.server.session")
 # Events read from the store per claim: bounds the bodies held in memory at
 # once, whatever the window.
 CLAIM_LIMIT = 64
-# A batch frame grows up to about this many bytes; a larger event goes alone.
+# A batch frame grows up to about this many bytes.
 BATCH_BYTES = 1024 * 1024
+# Larger event frames go alone: for them, copying into a batch costs more
+# than the message it saves.
+PACK_LIMIT = 64 * 1024
 
 
 class ListenerSession:
@@ -122,7 +125,7 @@ class ListenerSession:
                 await self.wakeup.wait()
 
     async def _send_frames(self, frames: list[bytes]) -> None:
-        """Send event frames, packed into batch frames of up to BATCH_BYTES when the listener takes them."""
+        """Send event frames in order, the small ones packed into batch frames when the listener takes them."""
         if not self.batch:
             for frame in frames:
                 await self.ws.send_bytes(frame)
@@ -130,9 +133,12 @@ class ListenerSession:
         packed: list[bytes] = []
         size = 0
         for frame in frames:
-            if packed and size + len(frame) > BATCH_BYTES:
+            if packed and (size + len(frame) > BATCH_BYTES or len(frame) > PACK_LIMIT):
                 await self._send_packed(packed)
                 packed, size = [], 0
+            if len(frame) > PACK_LIMIT:
+                await self.ws.send_bytes(frame)
+                continue
             packed.append(frame)
             size += len(frame)
         if packed:

@@ -67,18 +67,17 @@ async def test_listener_without_batch_gets_one_frame_per_event(runner, tmp_path)
 
 
 async def test_large_event_travels_alone(runner, tmp_path):
-    """An event larger than a batch's size leaves the batch and arrives as its own event frame."""
+    """Events over 64 KiB leave the batch and arrive as event frames of their own, in order."""
     relay = await runner.start_relay(tmp_path / "data", "--max-body", "4MiB")
     channel = await runner.create_channel(relay.url)
     large = bytes(range(256)) * (6 * 1024)
-    bodies = [b"small-1", b"small-2", large, b"small-3"]
+    bodies = [b"small-1", b"small-2", large, b"small-3", b"small-4", large[: 65 * 1024]]
     await _hold_events(channel, bodies)
 
     frames, events = await _read_events(relay, channel, "window=100&batch=1", len(bodies))
 
     assert [event.body for event in events] == bodies
-    assert frames[0][:1] == BATCH_TAG
-    assert [event.body for event in decode_events(frames[0])] == bodies[:2]
-    carrying_large = [frame for frame in frames if large in frame]
-    assert len(carrying_large) == 1
-    assert carrying_large[0][:1] == EVENT_TAG
+    assert [frame[:1] for frame in frames] == [BATCH_TAG, EVENT_TAG, BATCH_TAG, EVENT_TAG]
+    assert [[event.body for event in decode_events(frame)] for frame in frames] == [
+        bodies[:2], [large], bodies[3:5], [bodies[5]]
+    ]
