@@ -8,7 +8,9 @@ adds Redis pub/sub between nodes:
 
 - ``hookrelay:hub`` carries ``W <channel>`` (wake listeners) and
   ``T <version> <channel>`` (history changed; versions come from one
-  Redis hash, so every node reports the same number);
+  Redis hash, so every node reports the same number). The Redis store's
+  scripts publish ``W`` themselves when they make events claimable (append,
+  replay, release), so the hub publishes only ``T``;
 - ``hookrelay:answers`` carries target answers in the wire protocol's
   binary format; the node that holds the waiting sender takes it.
 
@@ -36,11 +38,10 @@ from redis.exceptions import RedisError
 from relay_server.errors import StoreError
 from relay_server.hub import Hub
 from relay_server.protocol import ProtocolError, TargetResponse, decode_response, encode_response
-from relay_server.store.redis import PREFIX, PRESENCE_TTL, run_to_end
+from relay_server.store.redis import HUB_CHANNEL, PREFIX, PRESENCE_TTL, run_to_end
 
 logger = logging.getLogger("hookrelay.server.hub")
 
-HUB_CHANNEL = f"{PREFIX}:hub"
 ANSWERS_CHANNEL = f"{PREFIX}:answers"
 VERSIONS_KEY = f"{PREFIX}:versions"
 
@@ -64,6 +65,15 @@ return redis.call('ZCARD', KEYS[1])
 """
 
 
+_TOUCH = r"""
+-- KEYS[1]: the versions hash. ARGV: channel, hub pub/sub channel.
+-- Bump the channel's version and tell every node, in one round trip.
+local version = redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('PUBLISH', ARGV[2], 'T ' .. version .. ' ' .. ARGV[1])
+return version
+"""
+
+
 def listeners_key(channel: str) -> str:
     return f"{PREFIX}:{{{channel}}}:listeners"
 
@@ -78,6 +88,7 @@ class RedisHub(Hub):
         self.presence_ttl = presence_ttl
         self._client: aioredis.Redis | None = None
         self._count_script: Any = None
+        self._touch_script: Any = None
         self._subscribed = False
         self._first_subscription = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
@@ -93,6 +104,7 @@ class RedisHub(Hub):
     async def start(self) -> None:
         self._client = aioredis.Redis.from_url(self.url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=30)
         self._count_script = self._client.register_script(_COUNT_LISTENERS)
+        self._touch_script = self._client.register_script(_TOUCH)
         self._reader = asyncio.create_task(self._read_forever(), name="hookrelay-hub-reader")
         self._refresher = asyncio.create_task(self._refresh_forever(), name="hookrelay-hub-presence")
 
@@ -143,8 +155,12 @@ class RedisHub(Hub):
             self._spawn("remove presence", lambda: self._client.zrem(listeners_key(entry[0]), entry[1]))
 
     def notify(self, channel: str) -> None:
+        """Wake this node's listeners and every node's watchers.
+
+        Listeners on other nodes are woken by the ``W`` message that the
+        store's append, replay or release script has already published.
+        """
         super().notify(channel)
-        self._spawn("publish wake-up", lambda: self._client.publish(HUB_CHANNEL, f"W {channel}"))
 
     def touch(self, channel: str) -> None:
         self._spawn("publish change", lambda: self._publish_change(channel))
@@ -175,13 +191,12 @@ class RedisHub(Hub):
 
     async def _publish_change(self, channel: str) -> None:
         try:
-            version = int(await self._client.hincrby(VERSIONS_KEY, channel, 1))
+            version = int(await self._touch_script(keys=[VERSIONS_KEY], args=[channel, HUB_CHANNEL]))
         except (RedisError, OSError):
             # Watchers on this node still learn of the change.
             self._apply_version(channel, self._versions[channel] + 1)
             raise
         self._apply_version(channel, version)
-        await self._client.publish(HUB_CHANNEL, f"T {version} {channel}")
 
     def _apply_version(self, channel: str, version: int) -> None:
         if version <= self._versions[channel]:

@@ -12,6 +12,11 @@ Redis writes and syncs its append-only file before it replies, so a stored
 event survives a crash of Redis or of the machine. Weaker settings lose the
 last second of writes, or everything since the last snapshot.
 
+The scripts that make events claimable (append, replay, release) also
+publish the wake-up on :data:`HUB_CHANNEL` themselves, so it leaves Redis
+together with the script's reply and costs the node no second round trip.
+:mod:`relay_server.redis_hub` reads that pub/sub channel on every node.
+
 Commands are never cancelled half-way: a cancelled command on a shared
 connection could leave its reply to be read by the next one. Each command
 runs in a task of its own that the caller awaits through a shield.
@@ -52,6 +57,9 @@ T = TypeVar("T")
 
 PREFIX = "hookrelay"
 CHANNELS_KEY = f"{PREFIX}:channels"
+# The pub/sub channel of the relay nodes' hub. A pub/sub channel is not a
+# key, so scripts receive it in ARGV and it belongs to no hash slot.
+HUB_CHANNEL = f"{PREFIX}:hub"
 _CHANNEL_KEYS = ("meta", "log", "ids", "bodies", "outcomes", "attempts", "answers", "replays", "consumers")
 
 # A consumer is alive while its node refreshes it, every third of the TTL;
@@ -63,6 +71,11 @@ PRESENCE_TTL = 15.0
 _PRUNE_FRACTION = 0.01
 _PRUNE_BUDGET = 1000
 _HISTORY_CHUNK = 500
+
+
+def wake_up_message(channel: str) -> str:
+    """Build the hub message that wakes the listener sessions of ``channel`` on every node."""
+    return f"W {channel}"
 
 
 def channel_keys(channel: str) -> list[str]:
@@ -221,6 +234,8 @@ class RedisStore(EventStore):
             max(1, int(self.retention.max_events * _PRUNE_FRACTION)),
             event.body,
             window_ms,
+            HUB_CHANNEL,
+            wake_up_message(event.channel),
             *_entry_fields(event),
         ]
         # One append at a time per channel and node, so that events accepted
@@ -259,7 +274,8 @@ class RedisStore(EventStore):
             members.discard(f"{group}/{consumer}")
             if not members:
                 del self._live[channel]
-        return int(await self._script("release", "RELEASE", channel, [group, consumer]))
+        args = [group, consumer, HUB_CHANNEL, wake_up_message(channel)]
+        return int(await self._script("release", "RELEASE", channel, args))
 
     async def backlog(self, channel: str, group: str) -> int:
         return int(await self._script("backlog", "BACKLOG", channel, [group]))
@@ -312,7 +328,8 @@ class RedisStore(EventStore):
         return bool(await self._script("delete event", "DELETE", channel, [event_id]))
 
     async def replay(self, channel: str, event_id: str, group: str) -> bool:
-        return bool(await self._script("replay", "REPLAY", channel, [event_id, group]))
+        args = [event_id, group, HUB_CHANNEL, wake_up_message(channel)]
+        return bool(await self._script("replay", "REPLAY", channel, args))
 
     async def prune(self, now: float) -> int:
         cutoff = now - self.retention.max_age

@@ -25,6 +25,12 @@ event type, respond_until, verification). A replay reference has ``ref``
 (the event's entry id), ``id`` and ``g`` (the one group it is for); other
 groups acknowledge it unread.
 
+The scripts that make events claimable (APPEND, REPLAY, RELEASE) publish
+the hub's wake-up message themselves. A script runs atomically, so no node
+can claim before the script's whole change is made. They take the pub/sub
+channel and the message in ARGV, because a pub/sub channel is not a key and
+belongs to no hash slot.
+
 A consumer is alive while its member in ``consumers`` has an expiry in the
 future by Redis's clock (``TIME``), which the relay node that serves it
 refreshes. Pending entries of any other consumer are reclaimed by the next
@@ -103,8 +109,10 @@ end
 """
 
 APPEND = PRELUDE + r"""
--- ARGV: event id, max events, prune batch, body, dedupe window ms, entry fields...
+-- ARGV: event id, max events, prune batch, body, dedupe window ms,
+-- hub pub/sub channel, wake-up message, then the entry fields (name, value ...).
 -- KEYS[10]: the dedupe key of this delivery, or an unused name.
+local FIRST_FIELD = 8
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('NOCHANNEL')
 end
@@ -148,13 +156,14 @@ end
 
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 local fields = {}
-for i = 6, #ARGV do table.insert(fields, ARGV[i]) end
+for i = FIRST_FIELD, #ARGV do table.insert(fields, ARGV[i]) end
 redis.call('XADD', KEYS[2], seq .. '-0', unpack(fields))
 redis.call('HSET', KEYS[3], event_id, seq)
 redis.call('HSET', KEYS[4], event_id, ARGV[4])
 if window > 0 then
   redis.call('SET', KEYS[10], event_id, 'PX', window)
 end
+redis.call('PUBLISH', ARGV[6], ARGV[7])
 return seq
 """
 
@@ -288,13 +297,17 @@ return 1
 """
 
 RELEASE = PRELUDE + r"""
--- ARGV: group, consumer
+-- ARGV: group, consumer, hub pub/sub channel, wake-up message
 local group, consumer = ARGV[1], ARGV[2]
 redis.call('ZREM', KEYS[9], group .. '/' .. consumer)
 local ok, summary = pcall(redis.call, 'XPENDING', KEYS[2], group)
 if not ok or not summary[4] then return 0 end
 for _, pair in ipairs(summary[4]) do
-  if pair[1] == consumer then return tonumber(pair[2]) end
+  if pair[1] == consumer then
+    -- The released events go to the next claim of the group, on any node.
+    redis.call('PUBLISH', ARGV[3], ARGV[4])
+    return tonumber(pair[2])
+  end
 end
 redis.call('XGROUP', 'DELCONSUMER', KEYS[2], group, consumer)
 return 0
@@ -370,11 +383,14 @@ return 1
 """
 
 REPLAY = PRELUDE + r"""
--- ARGV: event id, group
+-- ARGV: event id, group, hub pub/sub channel, wake-up message
 local event_id, group = ARGV[1], ARGV[2]
 local seq = redis.call('HGET', KEYS[3], event_id)
 if not seq then return 0 end
 ensure_group(group)
+-- Every path below leaves the event claimable by the group. The script runs
+-- atomically, so no node claims before the whole change is made.
+redis.call('PUBLISH', ARGV[3], ARGV[4])
 local position = 0
 for _, g in ipairs(groups()) do
   if g[1] == group then position = g[2] end
