@@ -20,6 +20,7 @@ from aiohttp import web
 
 from relay_server.errors import ChannelFull, DuplicateEvent, StoreError
 from relay_server.ids import new_event_id
+from relay_server.protocol import dump_json
 from relay_server.responses import ResponseSettings, answer_sender
 from relay_server.screening import admit_channel, duplicate_answer, screen
 from relay_server.state import STATE, RelayState
@@ -59,6 +60,10 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes |
     declared = request.content_length
     if declared is not None and declared > limit:
         return None
+    if request.content.is_eof():
+        # The whole body came with the head, as small bodies do: take it as is.
+        body = request.content.read_nowait()
+        return body if len(body) <= limit else None
     chunks: list[bytes] = []
     size = 0
     async with asyncio.timeout(timeout):
@@ -123,7 +128,7 @@ async def handle_ingest(request: web.Request) -> web.StreamResponse:
         logger.debug("event stored channel=%s event_id=%s method=%s bytes=%d", channel_id, event.id, event.method, len(body))
     if settings.mode == "sync":
         return await answer_sender(state, channel_id, event.id, waiting, settings)
-    return web.json_response({"id": event.id}, status=202)
+    return web.Response(status=202, body=dump_json({"id": event.id}), content_type="application/json", charset="utf-8")
 
 
 def _store_failed(channel_id: str, event_id: str, exc: StoreError) -> web.Response:
