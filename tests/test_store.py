@@ -6,6 +6,7 @@ one backend's own settings or failure modes are marked with their backend.
 
 import asyncio
 import dataclasses
+import os
 import time
 
 import pytest
@@ -193,6 +194,21 @@ async def test_prune_removes_events_past_max_age(make_store):
         await store.claim("ch_a", "default", "c1", 1)
         assert await store.prune(time.time() + 120) == 2
         assert await store.backlog("ch_a", "default") == 0
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_write_ahead_log_stays_bounded_under_steady_load(make_store, backend, tmp_path):
+    """With commits that never pause, the log still starts over instead of growing with every stored byte."""
+    body = os.urandom(100 * 1024)
+    async with make_store() as store:
+        await store.create_channel(ChannelRecord("ch_a", hash_token("t"), time.time()))
+        for start in range(0, 1000, 10):
+            await asyncio.gather(*(store.append(new_event("ch_a", n, body=body)) for n in range(start, start + 10)))
+        log_size = (tmp_path / "hookrelay.sqlite3-wal").stat().st_size
+        [first] = await store.claim("ch_a", "default", "c1", 1)
+
+    assert log_size < 64 * 1024 * 1024, f"the log grew to {log_size} bytes for 100 MB stored"
+    assert first.body == body
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])
