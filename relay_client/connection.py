@@ -183,7 +183,7 @@ class Listener:
     def _worker_done(self, worker: asyncio.Task[None]) -> None:
         self._workers.discard(worker)
         if not worker.cancelled() and worker.exception() is not None and self._outbox is None:
-            # A worker of a lost connection has nobody left to raise to.
+            # No connection waits on a worker of a lost one, so log its failure here.
             logger.error("delivery worker failed after its connection closed: %r", worker.exception())
 
     async def _read_frames(self, ws: websockets.ClientConnection, queue: asyncio.Queue[Event | None]) -> None:
@@ -212,7 +212,7 @@ class Listener:
             return self._finished[event.id]
         running = self._running.get(event.id)
         if running is not None:
-            # A worker of the lost connection is still at it; share its result.
+            # A worker of the lost connection is still delivering it, so wait for that result.
             return await asyncio.shield(running)
         return await self._deliver(event)
 
@@ -286,7 +286,7 @@ class Listener:
 
 
 def _retire_workers(queue: asyncio.Queue[Event | None], count: int) -> None:
-    """Drop the events nobody started (the relay sends them again) and let each worker stop after its current one."""
+    """Drop the events no worker started, which the relay sends again, and stop each worker after its current event."""
     while not queue.empty():
         queue.get_nowait()
     for _ in range(count):
@@ -294,7 +294,7 @@ def _retire_workers(queue: asyncio.Queue[Event | None], count: int) -> None:
 
 
 def _fail_quietly(finished: asyncio.Future[DeliveryResult], exc: BaseException) -> None:
-    """Pass a failed delivery on to a redelivery waiting for it, without a warning if none waits."""
+    """Pass a failed delivery's error to a redelivery waiting for it, and mark the error as retrieved."""
     if isinstance(exc, asyncio.CancelledError):
         finished.cancel()
         return

@@ -12,7 +12,7 @@ JSON body); otherwise the provider is recognised by its headers and body:
 * GitLab, Gitea, Bitbucket and others: their event header.
 
 Headers come first because they cost nothing to read. A body is parsed
-only when the answer needs it and it is at most 256 KiB, and a body that is
+only when detection needs it and it is at most 256 KiB, and a body that is
 not valid JSON, or is nested too deeply to parse, simply has no type.
 """
 
@@ -45,7 +45,7 @@ def lazy_payload(headers: Headers, body: bytes) -> Callable[[], Any]:
     """Return a function that parses the body as :func:`small_payload` does, once, on its first call.
 
     Detection and de-duplication of one request share it, so a body is
-    parsed at most once, and only when a header did not already answer.
+    parsed at most once, and only when no header already names the type.
     """
     content_type = next((value for name, value in headers if name.lower() == b"content-type"), b"")
     return cache(lambda: small_payload(content_type, body))

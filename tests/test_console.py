@@ -9,7 +9,8 @@ def test_json_line_is_one_line_that_parses_back():
     """A plain record comes back unchanged from its line."""
     record = {"event_id": "evt_1", "path": "/a?b=1", "status": 200, "duration_ms": 1.25, "error": None}
     line = json_line(record)
-    assert line.endswith("\n") and line.count("\n") == 1
+    assert line.endswith("\n")
+    assert line.count("\n") == 1
     assert json.loads(line) == record
 
 

@@ -119,8 +119,8 @@ async def test_delivery_running_across_reconnect_is_not_repeated(runner, shared_
         runner.start_listener(proxy.url, channel, target.authority)
         await proxy.wait_for_connections(1, DELIVERY_TIMEOUT)
         target.stall()
-        held = await post_webhook(channel.url, b'{"n":1}')
-        await target.wait_for_event(held, DELIVERY_TIMEOUT)
+        stalled = await post_webhook(channel.url, b'{"n":1}')
+        await target.wait_for_event(stalled, DELIVERY_TIMEOUT)
 
         proxy.cut()
         await proxy.wait_for_connections(2, RECOVERY_TIMEOUT)
@@ -129,11 +129,11 @@ async def test_delivery_running_across_reconnect_is_not_repeated(runner, shared_
         target.release()
         after = await post_webhook(channel.url, b'{"n":2}')
         await target.wait_for_event(after, DELIVERY_TIMEOUT)
-        detail = await ChannelApi(shared_relay.url, channel).wait_for_state(held, "delivered", DELIVERY_TIMEOUT)
+        detail = await ChannelApi(shared_relay.url, channel).wait_for_state(stalled, "delivered", DELIVERY_TIMEOUT)
     finally:
         await proxy.close()
 
-    assert target.event_ids.count(held) == 1, target.event_ids
+    assert target.event_ids.count(stalled) == 1, target.event_ids
     assert [attempt["status"] for attempt in detail["attempts"]] == [200], detail["attempts"]
 
 

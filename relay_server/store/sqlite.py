@@ -330,7 +330,7 @@ class SQLiteStore(EventStore):
         A checkpoint syncs the database file, which took about 10 ms per 4 MiB
         here, so commits go on while it runs. A checkpoint that overlaps
         commits cannot copy the frames they add, though, and the log starts
-        over only after one copied everything. So once the log holds more
+        over only after one copied everything. So once the log contains more
         than _LOG_RESTART_BYTES, the next batch waits for a checkpoint, and
         the log starts over.
         """
@@ -767,7 +767,7 @@ def _row_to_answer(row: tuple[Any, ...]) -> SenderAnswer:
 
 
 def _stored_event(event: NewEvent, seq: int, headers_json: str) -> Event:
-    """The event a claim would read back for ``event`` stored under ``seq``."""
+    """Build the event that a claim would read back for ``event`` stored under ``seq``."""
     return Event(
         id=event.id,
         channel=event.channel,
