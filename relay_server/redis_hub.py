@@ -97,6 +97,9 @@ class RedisHub(Hub):
         # Listener flag -> (channel, member of the channel's listener set).
         self._members: dict[asyncio.Event, tuple[str, str]] = {}
         self._member_numbers = 0
+        # Channels whose version bump is in flight, each mapped to whether
+        # another change came after that bump was sent.
+        self._pending_touches: dict[str, bool] = {}
         self._closed = False
 
     # -- lifecycle -----------------------------------------------------
@@ -163,7 +166,25 @@ class RedisHub(Hub):
         super().notify(channel)
 
     def touch(self, channel: str) -> None:
-        self._spawn("publish change", lambda: self._publish_change(channel))
+        """Bump the channel's shared version, once for all the changes made while a bump is in flight.
+
+        Watchers only compare versions and then read the store again, so one
+        bump sent after the latest change covers every change before it. Under
+        load this saves a script call and a message to every node per event.
+        """
+        if channel in self._pending_touches:
+            self._pending_touches[channel] = True
+        elif self._spawn("publish change", lambda: self._publish_changes(channel)):
+            self._pending_touches[channel] = False
+
+    async def _publish_changes(self, channel: str) -> None:
+        try:
+            await self._publish_change(channel)
+            while self._pending_touches[channel]:
+                self._pending_touches[channel] = False
+                await self._publish_change(channel)
+        finally:
+            del self._pending_touches[channel]
 
     async def count_listeners(self, channel: str) -> int:
         local = self.listener_count(channel)
@@ -269,13 +290,17 @@ class RedisHub(Hub):
 
     # -- tasks -------------------------------------------------------------
 
-    def _spawn(self, what: str, command: Callable[[], Awaitable[Any]]) -> None:
-        """Run a command in the background; it is never cancelled, and a failure is logged."""
+    def _spawn(self, what: str, command: Callable[[], Awaitable[Any]]) -> bool:
+        """Run a command in the background; it is never cancelled, and a failure is logged.
+
+        Returns False when the hub is closed or not started, and the command did not run.
+        """
         if self._closed or self._client is None:
-            return
+            return False
         task = asyncio.ensure_future(command())
         self._tasks.add(task)
         task.add_done_callback(lambda done: self._finished(what, done))
+        return True
 
     def _finished(self, what: str, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

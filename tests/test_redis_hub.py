@@ -10,7 +10,7 @@ import time
 import pytest
 
 from relay_server.ids import hash_token
-from relay_server.redis_hub import RedisHub
+from relay_server.redis_hub import VERSIONS_KEY, RedisHub
 from relay_server.store import ChannelRecord, NewEvent
 from relay_server.store.redis import RedisStore
 from tests.support.timing import MS, wait_until
@@ -148,3 +148,22 @@ async def test_notify_wakes_watchers_on_other_node(nodes):
 
     assert await woken(watcher), "the watcher on node B was not woken"
     assert hub_b.version(CHANNEL) == 1
+
+
+async def test_touches_in_flight_share_one_bump(nodes):
+    """Touches made while a version bump is in flight share one more bump, sent after the last of them."""
+    (_, hub_a), (_, hub_b) = nodes
+    watcher = hub_b.subscribe(CHANNEL, watcher=True)
+
+    for _ in range(50):
+        hub_a.touch(CHANNEL)
+
+    assert await woken(watcher), "the watcher on node B was not woken"
+    await wait_until(lambda: hub_b.version(CHANNEL) == 2, WAKE_TIMEOUT, "version 2 on node B")
+    # Give any extra bump time to land before reading the shared version.
+    await asyncio.sleep(100 * MS)
+    assert await hub_a._client.hget(VERSIONS_KEY, CHANNEL) == b"2"
+    assert hub_a.version(CHANNEL) == 2
+
+    hub_a.touch(CHANNEL)
+    await wait_until(lambda: hub_b.version(CHANNEL) == 3, WAKE_TIMEOUT, "version 3 on node B after a later touch")

@@ -10,12 +10,13 @@ import os
 import time
 
 import pytest
+import redis.asyncio as aioredis
 
 from relay_server.errors import ChannelFull, DuplicateEvent, StoreError
 from relay_server.ids import hash_token
 from relay_server.protocol import DeliveryResult
 from relay_server.store import ChannelRecord, EventQuery, NewEvent, Retention, SQLiteStore
-from relay_server.store.redis import RedisStore
+from relay_server.store.redis import RedisStore, channel_keys
 from tests.support.redis_server import free_port
 from tests.support.timing import MS
 
@@ -459,3 +460,91 @@ async def test_repeated_ack_adds_no_attempt(store):
     await finish(store, event.id)
     detail = await store.get_event("ch_a", event.id)
     assert len(detail.attempts) == 1
+
+
+async def redis_info(url, section, field):
+    """Read one integer field of Redis's INFO through a client of its own."""
+    client = aioredis.Redis.from_url(url)
+    try:
+        return int((await client.info(section))[field])
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("backend", ["redis"])
+async def test_redis_concurrent_appends_share_round_trips(store, backend, redis_server):
+    """50 concurrent appends reach Redis in a few pipelines, not in 50 round trips one after the other."""
+    await store.append(new_event("ch_a", 0))
+    monitor = aioredis.Redis.from_url(redis_server.url)
+    try:
+        before = (await monitor.info("stats"))["total_writes_processed"]
+        seqs = await asyncio.gather(*(store.append(new_event("ch_a", n)) for n in range(1, 51)))
+        after = (await monitor.info("stats"))["total_writes_processed"]
+    finally:
+        await monitor.aclose()
+
+    assert seqs == list(range(2, 52))
+    # Redis writes the replies of one pipeline at once; one more write is the
+    # reply to the first INFO. Round trips one after the other would take 50.
+    assert after - before <= 5
+
+
+@pytest.mark.parametrize("backend", ["redis"])
+async def test_redis_append_reloads_flushed_scripts(store, backend, redis_server):
+    """After Redis lost its script cache, a batch of appends loads the script again and all succeed in order."""
+    await store.append(new_event("ch_a", 0))
+    assert redis_server.command(b"SCRIPT", b"FLUSH") == b"+OK"
+
+    seqs = await append_many(store, "ch_a", 5)
+
+    assert seqs == [2, 3, 4, 5, 6]
+    claimed = await store.claim("ch_a", "default", "c1", 10)
+    assert [e.id for e in claimed[1:]] == [f"evt_ch_a_{n:05d}" for n in range(5)]
+
+
+@pytest.mark.parametrize("backend", ["redis"])
+async def test_redis_cancelled_append_is_stored(store, backend):
+    """An append whose caller is cancelled still runs to its end, and the next appends get their own replies."""
+    cancelled = asyncio.ensure_future(store.append(new_event("ch_a", 0)))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+
+    seqs = await append_many(store, "ch_a", 3)
+
+    assert cancelled.cancelled()
+    assert seqs == [2, 3, 4]
+    claimed = await store.claim("ch_a", "default", "c1", 10)
+    assert [e.id for e in claimed] == ["evt_ch_a_00000", "evt_ch_a_00000", "evt_ch_a_00001", "evt_ch_a_00002"]
+
+
+@pytest.mark.parametrize("backend", ["redis"])
+async def test_redis_full_channel_fails_only_late_appends(make_store, backend):
+    """In one batch of concurrent appends, those past the limit raise ChannelFull and the others are stored."""
+    async with make_store(retention=Retention(max_events=3)) as store:
+        await store.create_channel(ChannelRecord("ch_a", b"h", time.time()))
+        results = await asyncio.gather(*(store.append(new_event("ch_a", n)) for n in range(5)), return_exceptions=True)
+
+    assert results[:3] == [1, 2, 3]
+    assert [type(r) for r in results[3:]] == [ChannelFull, ChannelFull]
+    assert str(results[3]) == "channel ch_a is full: it holds 3 events not yet acknowledged"
+
+
+@pytest.mark.parametrize("backend", ["redis"])
+async def test_redis_claim_writes_presence_only_near_expiry(store, backend, redis_server):
+    """A claim leaves a fresh consumer expiry alone, so an empty claim adds nothing to the AOF, and renews one near its end."""
+    key = channel_keys("ch_a")[8]
+    ttl_ms = int(store.presence_ttl * 1000)
+    await store.append(new_event("ch_a", 0))
+    await store.claim("ch_a", "default", "c1", 1)
+    first_expiry = await store._client.zscore(key, "default/c1")
+    aof_before = await redis_info(redis_server.url, "persistence", "aof_current_size")
+
+    assert await store.claim("ch_a", "default", "c1", 1) == []
+
+    assert await redis_info(redis_server.url, "persistence", "aof_current_size") == aof_before
+    assert await store._client.zscore(key, "default/c1") == first_expiry
+
+    # Less than half of the TTL left, as after a late refresh.
+    await store._client.zadd(key, {"default/c1": first_expiry - ttl_ms * 0.6})
+    await store.claim("ch_a", "default", "c1", 1)
+    assert await store._client.zscore(key, "default/c1") > first_expiry

@@ -172,7 +172,15 @@ CLAIM = PRELUDE + r"""
 local group, consumer, count = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local now = now_ms()
 ensure_group(group)
-redis.call('ZADD', KEYS[9], now + tonumber(ARGV[4]), group .. '/' .. consumer)
+-- The node refreshes its consumers every third of the TTL, so the claim
+-- writes the expiry only when less than half of the TTL is left: on a first
+-- claim, or when a refresh is late. A claim that writes nothing (an empty
+-- one) then adds nothing to the AOF, so it causes no sync of its own.
+local ttl = tonumber(ARGV[4])
+local expiry = redis.call('ZSCORE', KEYS[9], group .. '/' .. consumer)
+if not expiry or tonumber(expiry) - now < ttl / 2 then
+  redis.call('ZADD', KEYS[9], now + ttl, group .. '/' .. consumer)
+end
 
 local out = {}
 
