@@ -30,6 +30,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import sqlite3
 import time
 from collections import OrderedDict
@@ -149,8 +150,8 @@ _INLINE_BATCH_BYTES = 1024 * 1024
 # checkpoint comes after 1,000 pages (4 MiB with the default page size).
 _CHECKPOINT_COMMITS = 200
 _CHECKPOINT_BYTES = 4 * 1024 * 1024
-# A log larger than this after a checkpoint makes commits wait for the next
-# one, so that the log starts over instead of growing under steady load.
+# A log longer than this makes the write loop wait for a checkpoint, so that
+# the log starts over instead of growing under steady load.
 _LOG_RESTART_BYTES = 32 * 1024 * 1024
 # The newest stored events stay in memory, up to this many and this many
 # body bytes, so that a claim for a listener that keeps up does not read
@@ -189,10 +190,8 @@ class SQLiteStore(EventStore):
         # Commits and body bytes since the last checkpoint started.
         self._commits = 0
         self._written = 0.0
-        self._checkpoint: asyncio.Future[tuple[int, int, int]] | None = None
-        # The write-ahead log's length as the last checkpoint found it.
-        self._log_bytes = 0
-        self._page_size = 4096
+        self._checkpoint: asyncio.Future[None] | None = None
+        self._log_path = self.path.with_name(self.path.name + "-wal")
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._channels: dict[str, ChannelRecord] = {}
@@ -250,7 +249,7 @@ class SQLiteStore(EventStore):
             self._channels[row[0]] = ChannelRecord(row[0], bytes(row[1]), row[2], json.loads(row[3]))
         if self._inline:
             conn.execute("PRAGMA wal_autocheckpoint=0")
-        (self._page_size,) = conn.execute("PRAGMA page_size").fetchone()
+        conn.execute(f"PRAGMA journal_size_limit={_LOG_RESTART_BYTES}")
         self._conn = conn
         self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._reader.execute(f"PRAGMA synchronous={self.synchronous}")
@@ -330,39 +329,50 @@ class SQLiteStore(EventStore):
         A checkpoint syncs the database file, which took about 10 ms per 4 MiB
         here, so commits go on while it runs. A checkpoint that overlaps
         commits cannot copy the frames they add, though, and the log starts
-        over only after one copied everything. So once the log contains more
-        than _LOG_RESTART_BYTES, the next batch waits for a checkpoint, and
-        the log starts over.
+        over only after one copied everything. So once the log file is longer
+        than _LOG_RESTART_BYTES, the write loop waits for a checkpoint with no
+        commit beside it, and the next commit starts the log over.
         """
         self._commits += 1
         self._written += weight
         due = self._commits >= _CHECKPOINT_COMMITS or self._written >= _CHECKPOINT_BYTES
-        running = self._checkpoint is not None and not self._checkpoint.done()
-        if not self._inline or not due or running:
+        if not self._inline or not due:
             return
         self._commits = 0
         self._written = 0.0
+        running = self._checkpoint is not None and not self._checkpoint.done()
+        if self._log_file_size() > _LOG_RESTART_BYTES:
+            if running:
+                await asyncio.wait([self._checkpoint])
+            await asyncio.wait([self._start_checkpoint()])
+        elif not running:
+            self._start_checkpoint()
+
+    def _start_checkpoint(self) -> asyncio.Future[None]:
         checkpoint = asyncio.get_running_loop().run_in_executor(self._executor, self._run_checkpoint)
         checkpoint.add_done_callback(self._checkpoint_done)
         self._checkpoint = checkpoint
-        if self._log_bytes > _LOG_RESTART_BYTES:
-            await asyncio.wait([checkpoint])
+        return checkpoint
 
-    def _run_checkpoint(self) -> tuple[int, int, int]:
-        """Copy the log into the database file; returns SQLite's (busy, log frames, copied frames)."""
+    def _run_checkpoint(self) -> None:
         assert self._reader is not None
-        return self._reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        self._reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
-    def _checkpoint_done(self, checkpoint: asyncio.Future[tuple[int, int, int]]) -> None:
-        if checkpoint.cancelled():
-            return
-        if checkpoint.exception() is not None:
+    def _checkpoint_done(self, checkpoint: asyncio.Future[None]) -> None:
+        if not checkpoint.cancelled() and checkpoint.exception() is not None:
             logger.error("store checkpoint failed path=%s: %s", self.path, checkpoint.exception())
-            return
-        # The log's length when the checkpoint started. A log that started
-        # over since then is shorter, so this errs on the long side.
-        _, log_frames, _ = checkpoint.result()
-        self._log_bytes = max(log_frames, 0) * self._page_size
+
+    def _log_file_size(self) -> int:
+        """Return the write-ahead log file's size.
+
+        SQLite reuses the file when the log starts over and cuts it back to
+        the journal_size_limit, so a file longer than that limit means the
+        log grew past it since it last started over.
+        """
+        try:
+            return os.stat(self._log_path).st_size
+        except FileNotFoundError:
+            return 0
 
     async def _read(self, operation: Operation) -> Any:
         # Reads run on the store's thread with their own connection: in WAL
