@@ -22,7 +22,7 @@ from relay_server.channel_security import public_view
 from relay_server.errors import StoreError
 from relay_server.ids import hash_token, new_channel_id, new_token, token_matches
 from relay_server.ingest import json_error
-from relay_server.protocol import CLOSE_INTERNAL_ERROR
+from relay_server.protocol import CLOSE_INTERNAL_ERROR, CLOSE_UNAUTHORIZED
 from relay_server.responses import ResponseSettings
 from relay_server.session import ListenerSession
 from relay_server.state import STATE, RelayState
@@ -111,8 +111,21 @@ async def rotate_token(request: web.Request, channel_id: str) -> web.Response:
     state: RelayState = request.app[STATE]
     token = new_token()
     await state.store.set_token_hash(channel_id, hash_token(token))
-    logger.info("channel token rotated channel=%s", channel_id)
+    closed = await close_listeners(state, channel_id)
+    logger.info("channel token rotated channel=%s listeners_closed=%d", channel_id, closed)
     return web.json_response({"channel": channel_id, "token": token})
+
+
+async def close_listeners(state: RelayState, channel_id: str) -> int:
+    """Close this node's listener connections of a channel whose token changed; returns how many.
+
+    Listeners on other relay nodes notice within TOKEN_CHECK_INTERVAL (see
+    relay_server.session). A listener reconnecting with the old token gets 401.
+    """
+    connections = [ws for ws, channel in state.sessions.items() if channel == channel_id]
+    for ws in connections:
+        await ws.close(code=CLOSE_UNAUTHORIZED, message=b"channel token rotated; reconnect with the new token")
+    return len(connections)
 
 
 @with_channel_token
@@ -133,17 +146,18 @@ async def listen(request: web.Request, channel_id: str) -> web.StreamResponse:
         compress=False,
     )
     await ws.prepare(request)
-    state.sessions.add(ws)
+    state.sessions[ws] = channel_id
     try:
         batch = request.query.get("batch") == "1"
-        await ListenerSession(state, ws, channel_id, group, window, batch=batch).run()
+        token_hash = hash_token(bearer_token(request) or "")
+        await ListenerSession(state, ws, channel_id, group, window, batch=batch, token_hash=token_hash).run()
     except StoreError as exc:
         # The upgrade is done, so no 503 can be sent: close and let the
         # listener reconnect, perhaps to a node that reaches the store.
         logger.error("listener session ended channel=%s: %s", channel_id, exc)
         await ws.close(code=CLOSE_INTERNAL_ERROR, message=b"relay store unavailable; reconnect")
     finally:
-        state.sessions.discard(ws)
+        state.sessions.pop(ws, None)
     return ws
 
 

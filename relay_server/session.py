@@ -9,6 +9,11 @@ the group and the next claim redelivers them with the same ids.
 Events claimed together go out as one ``batch`` frame when the listener
 asked for batches, because a websocket message per event cost the relay a
 system call per event under load.
+
+A session lasts only as long as the token it opened with: when the
+channel's token changes, the session closes with 4401. The node that
+rotates the token closes its sessions at once; every session also checks
+the token every TOKEN_CHECK_INTERVAL seconds, which covers other nodes.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from relay_server.errors import StoreError
 from relay_server.protocol import (
     CLOSE_INTERNAL_ERROR,
     CLOSE_PROTOCOL_ERROR,
+    CLOSE_UNAUTHORIZED,
     AttemptReport,
     ProtocolError,
     Welcome,
@@ -47,13 +53,24 @@ BATCH_BYTES = 1024 * 1024
 # Larger event frames go alone: for them, copying into a batch costs more
 # than the message it saves.
 PACK_LIMIT = 64 * 1024
+# Seconds between checks that the channel still has the token the session
+# opened with.
+TOKEN_CHECK_INTERVAL = 5.0
 
 
 class ListenerSession:
     """Moves events from the store to one websocket and acks back."""
 
     def __init__(
-        self, state: RelayState, ws: web.WebSocketResponse, channel: str, group: str, window: int, *, batch: bool = False
+        self,
+        state: RelayState,
+        ws: web.WebSocketResponse,
+        channel: str,
+        group: str,
+        window: int,
+        *,
+        token_hash: bytes,
+        batch: bool = False,
     ) -> None:
         self.state = state
         self.ws = ws
@@ -61,6 +78,8 @@ class ListenerSession:
         self.group = group
         self.window = window
         self.batch = batch
+        # The hash of the token the listener connected with.
+        self.token_hash = token_hash
         self.consumer = f"{group}-{secrets.token_hex(6)}"
         self.in_flight: set[str] = set()
         self.wakeup = state.hub.subscribe(channel)
@@ -70,15 +89,18 @@ class ListenerSession:
         logger.info("listener connected channel=%s group=%s consumer=%s", self.channel, self.group, self.consumer)
         try:
             await self._send_welcome()
-            pump = asyncio.create_task(self._pump(), name=f"pump-{self.consumer}")
-            receive = asyncio.create_task(self._receive(), name=f"receive-{self.consumer}")
+            tasks = [
+                asyncio.create_task(self._pump(), name=f"pump-{self.consumer}"),
+                asyncio.create_task(self._receive(), name=f"receive-{self.consumer}"),
+                asyncio.create_task(self._check_token(), name=f"token-{self.consumer}"),
+            ]
             try:
-                await asyncio.wait([pump, receive], return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                for task in (pump, receive):
+                for task in tasks:
                     task.cancel()
-                await asyncio.gather(pump, receive, return_exceptions=True)
-            await self._close_after_failure(pump, receive)
+                await asyncio.gather(*tasks, return_exceptions=True)
+            await self._close_after_failure(*tasks)
         finally:
             await self._release()
 
@@ -146,6 +168,20 @@ class ListenerSession:
 
     async def _send_packed(self, frames: list[bytes]) -> None:
         await self.ws.send_bytes(frames[0] if len(frames) == 1 else encode_batch(frames))
+
+    async def _check_token(self) -> None:
+        """Close the session once the channel no longer has the token it opened with."""
+        while not self.ws.closed:
+            await asyncio.sleep(TOKEN_CHECK_INTERVAL)
+            try:
+                channel = await self.state.store.get_channel(self.channel)
+            except StoreError as exc:
+                logger.warning("token check failed consumer=%s: %s", self.consumer, exc)
+                continue
+            if channel is None or channel.token_hash != self.token_hash:
+                logger.info("listener token no longer valid channel=%s consumer=%s", self.channel, self.consumer)
+                await self.ws.close(code=CLOSE_UNAUTHORIZED, message=b"channel token rotated; reconnect with the new token")
+                return
 
     async def _receive(self) -> None:
         async for message in self.ws:

@@ -24,7 +24,8 @@ class RelayState:
     store: EventStore
     hub: Hub = field(default_factory=Hub)
     base_url: str = ""
-    sessions: set[web.WebSocketResponse] = field(default_factory=set)
+    # Open listener websockets, each with the channel it serves.
+    sessions: dict[web.WebSocketResponse, str] = field(default_factory=dict)
     guard: IngressGuard = field(init=False)
 
     def __post_init__(self) -> None:

@@ -3,9 +3,12 @@
 import base64
 import secrets
 
+from tests.support.api import api_request
+from tests.support.checks import post_webhook
 from tests.support.http import RawResponse, send_request
 from tests.support.timing import MS
 
+DELIVERY_TIMEOUT = 15_000 * MS
 EXIT_TIMEOUT = 15_000 * MS
 # ExitStatus.UNAUTHORIZED of the CLI.
 EXIT_UNAUTHORIZED = 3
@@ -99,3 +102,20 @@ async def test_listen_wrong_token_exits(runner, shared_relay, target):
     assert error_lines == [expected], stderr
     assert "Traceback" not in stderr
     assert listener.stdout_text() == ""
+
+
+async def test_rotated_token_disconnects_listener(runner, shared_relay, target):
+    """A listener connected with the old token is cut off at the rotation, gets no later event and exits 3."""
+    channel = await runner.create_channel(shared_relay.url)
+    listener = runner.start_listener(shared_relay.url, channel, target.authority)
+    before = await post_webhook(channel.url, b'{"n":1}')
+    await target.wait_for_event(before, DELIVERY_TIMEOUT)
+
+    rotated = await api_request(shared_relay.url, "POST", f"/api/channels/{channel.id}/rotate-token", token=channel.token)
+    exit_code = await listener.wait_for_exit(EXIT_TIMEOUT)
+    after = await post_webhook(channel.url, b'{"n":2}')
+
+    assert rotated.status == 200, rotated.describe()
+    assert exit_code == EXIT_UNAUTHORIZED
+    assert "token" in listener.stderr_text().lower()
+    assert after not in target.event_ids
