@@ -45,6 +45,7 @@ from relay_client.runner import listen as run_listener
 from relay_client.runner import resolve_channel, run_until_stopped, run_with_fastest_loop
 from relay_client.settings import ChannelBook, SavedChannel, default_map, load_config_file
 from relay_client.units import parse_duration, parse_size
+from relay_server.errors import RelayError
 
 
 app = typer.Typer(
@@ -342,6 +343,10 @@ def main() -> None:
     except ClientError as exc:
         stderr.print(f"hookrelay: error: {exc}", markup=False, highlight=False)
         sys.exit(_exit_status(exc))
+    except RelayError as exc:
+        # The relay could not start: its store, its address or its settings.
+        stderr.print(f"hookrelay: error: {exc}", markup=False, highlight=False)
+        sys.exit(ExitStatus.ERROR)
     except KeyboardInterrupt:
         sys.exit(ExitStatus.INTERRUPTED)
     except typer.Exit as exc:

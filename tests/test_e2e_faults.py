@@ -159,3 +159,30 @@ async def test_silent_dead_link_reconnects(runner, shared_relay, target):
 
     assert reconnect_seconds <= DEAD_LINK_DETECTION, f"reconnected {reconnect_seconds:.1f} s after the link went silent"
     assert first_occurrences(target.event_ids) == [delivered, during_outage, after_reconnect]
+
+
+async def test_second_relay_on_same_data_folder_refused(runner, target, tmp_path):
+    """A second relay on a data folder in use exits 1 with the holder's pid and leaves the first relay's pending event alone."""
+    if runner.store_url is not None:
+        pytest.skip("the data folder lock is the SQLite store's; this run uses --store")
+    data_dir = tmp_path / "relay-data"
+    relay = await runner.start_relay(data_dir)
+    channel = await runner.create_channel(relay.url)
+    listener = runner.start_listener(relay.url, channel, target.authority)
+    target.stall()
+    pending = await post_webhook(channel.url, b'{"n":1}')
+    await target.wait_for_event(pending, DELIVERY_TIMEOUT)
+
+    code, _, stderr = await runner.run(["serve", "--host", "127.0.0.1", "--port", "0", "--data-dir", str(data_dir)])
+    other = runner.start_listener(relay.url, channel, target.authority, "--group", "default")
+    await asyncio.sleep(ACK_SETTLE)
+    target.release()
+    after = await post_webhook(channel.url, b'{"n":2}')
+    await target.wait_for_event(after, DELIVERY_TIMEOUT)
+
+    assert code == 1, stderr
+    assert f"another relay (pid {relay.process.pid}) uses the data folder" in stderr
+    assert "Traceback" not in stderr
+    assert target.event_ids.count(pending) == 1, target.event_ids
+    assert listener.returncode is None
+    assert other.returncode is None

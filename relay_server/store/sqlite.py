@@ -37,7 +37,12 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 from relay_server.errors import ChannelFull, StoreError
 from relay_server.protocol import AttemptReport, DeliveryResult, Event, dump_json, load_json
@@ -153,6 +158,8 @@ _CHECKPOINT_BYTES = 4 * 1024 * 1024
 # A log longer than this makes the write loop wait for a checkpoint, so that
 # the log starts over instead of growing under steady load.
 _LOG_RESTART_BYTES = 32 * 1024 * 1024
+# Held with flock by the relay that has the data folder open.
+_LOCK_FILE = "hookrelay.lock"
 # The newest stored events stay in memory, up to this many and this many
 # body bytes, so that a claim for a listener that keeps up does not read
 # the bodies back from the database.
@@ -191,6 +198,7 @@ class SQLiteStore(EventStore):
         self._commits = 0
         self._written = 0.0
         self._checkpoint: asyncio.Future[None] | None = None
+        self._lock: TextIO | None = None
         self._log_path = self.path.with_name(self.path.name + "-wal")
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -206,6 +214,7 @@ class SQLiteStore(EventStore):
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock_data_dir()
         loop = asyncio.get_running_loop()
         released = await loop.run_in_executor(self._executor, self._connect)
         self._writer = asyncio.create_task(self._write_loop(), name="hookrelay-sqlite-writer")
@@ -225,7 +234,40 @@ class SQLiteStore(EventStore):
             if conn is not None:
                 await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
         self._executor.shutdown(wait=True)
+        self._unlock_data_dir()
         logger.info("store closed path=%s", self.path)
+
+    def _lock_data_dir(self) -> None:
+        """Take the data folder for this process, or raise StoreError when another relay has it.
+
+        Opening the store releases every pending event of earlier runs, so a
+        second relay on the same folder would hand out events that a running
+        relay's listeners are still delivering.
+        """
+        if fcntl is None:
+            # NOTE: without fcntl (Windows) nothing stops a second relay on the same folder.
+            return
+        lock_path = self.path.parent / _LOCK_FILE
+        handle = open(lock_path, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise StoreError(
+                "open", f"another relay (pid {holder}) uses the data folder {self.path.parent}; stop it or pass another --data-dir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._lock = handle
+
+    def _unlock_data_dir(self) -> None:
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     async def ping(self) -> None:
         if self._closed or self._conn is None:
