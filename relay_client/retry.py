@@ -1,8 +1,10 @@
 """The listener's retry policy, in one place.
 
 Retryable: no HTTP answer at all (connection refused or reset, timeout) and
-the statuses 408, 425, 429 and 5xx. Every other answer, 4xx and 3xx
-included, is the target's decision about the event and is final.
+the statuses 408, 425, 429 and 5xx, except 501 and 505. Every other answer,
+4xx and 3xx included, is the target's decision about the event and is final.
+501 (method not implemented) and 505 (HTTP version not supported) say that
+the target cannot handle this kind of request at all, so a retry cannot help.
 
 Delays grow exponentially from ``base`` and are capped at ``cap``, with
 "equal jitter": half the delay is fixed and half is random, so listeners that
@@ -20,10 +22,11 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
+FINAL_SERVER_ERRORS = frozenset({501, 505})
 
 
 def is_retryable_status(status: int) -> bool:
-    return status in RETRYABLE_STATUSES or 500 <= status <= 599
+    return status in RETRYABLE_STATUSES or (500 <= status <= 599 and status not in FINAL_SERVER_ERRORS)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

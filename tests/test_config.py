@@ -58,9 +58,13 @@ def test_listen_url_carries_group_and_window():
     assert config.listen_url() == "wss://relay.test/base/api/channels/ch_a/listen?group=ci&window=8&batch=1"
 
 
-@pytest.mark.parametrize("status, retryable", [(408, True), (425, True), (429, True), (500, True), (599, True), (400, False), (404, False), (302, False), (200, False)])
+@pytest.mark.parametrize(
+    "status, retryable",
+    [(408, True), (425, True), (429, True), (500, True), (503, True), (599, True), (501, False), (505, False),
+     (400, False), (404, False), (302, False), (200, False)],
+)
 def test_retryable_statuses(status, retryable):
-    """408, 425, 429 and 5xx are retried; other answers are final."""
+    """408, 425, 429 and 5xx but 501 and 505 are retried; other answers are final."""
     assert is_retryable_status(status) is retryable
 
 
