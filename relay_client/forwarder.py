@@ -53,6 +53,8 @@ _SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 # A target's response is read for its status; its body matters only up to here,
 # unless a sender waits for it (sync channels), which gets up to the second.
 _MAX_RESPONSE_BODY = 1024 * 1024
+# Methods that aiohttp sends without a Content-Length when there is no body.
+_BODILESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _MAX_SENDER_ANSWER = 25 * 1024 * 1024
 
 
@@ -224,20 +226,31 @@ class Forwarder:
         path = self.config.target.url_for(event.target.decode("utf-8", "surrogateescape"))
         text_headers = as_text_headers(headers)
         limit = _MAX_SENDER_ANSWER if event.respond else _MAX_RESPONSE_BODY
-        if text_headers is None:
+        if text_headers is None or _gains_content_length(event, headers):
             raw_path = path[len(self.config.target.origin) :].encode("utf-8", "surrogateescape")
             answer = await rawhttp.exchange(
                 self.config.target, event.method, raw_path, headers, event.body, timeout=self.config.timeout, max_body=limit
             )
             return TargetResponse(event.id, answer.status, tuple(answer.headers), answer.body)
 
-        # A GET or HEAD without a body must not gain a Content-Length: 0.
-        data = event.body if event.body or event.method not in ("GET", "HEAD", "OPTIONS", "DELETE") else None
+        data = event.body or None
         async with self._session.request(
             event.method, URL(path, encoded=True), headers=text_headers, data=data, allow_redirects=False, compress=None
         ) as response:
             body = await _read_up_to(response.content, limit)
             return TargetResponse(event.id, response.status, tuple(response.raw_headers), body)
+
+
+def _gains_content_length(event: Event, headers: list[tuple[bytes, bytes]]) -> bool:
+    """Return True when aiohttp would add a Content-Length that the sender did not send.
+
+    aiohttp gives a request without a body "Content-Length: 0" unless its
+    method is GET, HEAD, OPTIONS or TRACE. Such a request goes out through
+    rawhttp, which sends the head as it is.
+    """
+    if event.body or event.method in _BODILESS_METHODS:
+        return False
+    return not any(name.lower() == b"content-length" for name, _ in headers)
 
 
 async def _read_up_to(content: aiohttp.StreamReader, limit: int) -> bytes:

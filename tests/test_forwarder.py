@@ -3,6 +3,8 @@
 import asyncio
 import time
 
+import pytest
+
 from relay_client.config import ListenerConfig, parse_target
 from relay_client.forwarder import Forwarder, forward_headers
 from relay_client.retry import Backoff, RetryPolicy
@@ -134,6 +136,25 @@ async def test_get_without_body_gets_no_content_length():
         request_line, headers, _ = target.requests[0]
     assert request_line == b"GET /verify?hub.challenge=1 HTTP/1.1"
     assert b"content-length" not in [name.lower() for name, _ in headers]
+
+
+@pytest.mark.parametrize("method", ["DELETE", "POST", "PUT", "PATCH"])
+async def test_bodiless_request_gains_no_content_length(method):
+    """A request of any method sent without body or Content-Length reaches the target the same way."""
+    async with RawTarget() as target, Forwarder(config(target.port)) as forwarder:
+        result = await forwarder.deliver(event(method=method, headers=((b"X-Kind", b"bodiless"),), body=b"", target=b"/items/7"))
+        request_line, headers, _ = target.requests[0]
+    assert result.status == 200
+    assert request_line == f"{method} /items/7 HTTP/1.1".encode()
+    assert [name.lower() for name, _ in headers if name.lower() in (b"content-length", b"transfer-encoding")] == []
+
+
+async def test_empty_body_keeps_its_content_length():
+    """A sender's own Content-Length: 0 on an empty POST arrives once, as sent."""
+    async with RawTarget() as target, Forwarder(config(target.port)) as forwarder:
+        await forwarder.deliver(event(method="POST", headers=((b"Content-Length", b"0"),), body=b""))
+        _, headers, _ = target.requests[0]
+    assert [value for name, value in headers if name.lower() == b"content-length"] == [b"0"]
 
 
 async def test_base_path_is_joined_with_tail():
