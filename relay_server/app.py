@@ -8,8 +8,10 @@ the store after its queued writes commit, and log "stopped".
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -18,10 +20,10 @@ from aiohttp.typedefs import Handler
 
 from relay_server import admin, api, history, inspector, openapi
 from relay_server.config import ServerConfig
-from relay_server.errors import ConfigError, StoreError
+from relay_server.errors import ConfigError, ListenError, StoreError
 from relay_server.hub import Hub
 from relay_server.guard import GuardedSite, handler_options
-from relay_server.ingest import INGEST_PREFIX, handle_ingest, json_error
+from relay_server.ingest import INGEST_PREFIX, handle_ingest, ingest_not_found, json_error
 from relay_server.protocol import CLOSE_GOING_AWAY
 from relay_server.state import STATE, RelayState
 from relay_server.store.base import EventStore
@@ -35,7 +37,8 @@ PRUNE_INTERVAL = 60.0
 def build_app(state: RelayState) -> web.Application:
     # Bodies are read by ingest itself, bounded by max_body; this bound is for
     # any other handler that reads a body.
-    app = web.Application(client_max_size=state.config.max_body, middlewares=[store_unavailable, state.guard.middleware()])
+    middlewares = [ingest_not_found, store_unavailable, state.guard.middleware()]
+    app = web.Application(client_max_size=state.config.max_body, middlewares=middlewares)
     app[STATE] = state
     api.add_routes(app)
     admin.add_routes(app)
@@ -101,7 +104,7 @@ async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> N
     await runner.setup()
     try:
         site = GuardedSite(runner, config.host, config.port, connections=state.guard.connections, handler_options=options)
-        await site.start()
+        await _start_site(site, config)
         state.base_url = config.base_url(_bound_port(runner))
         logger.info("relay listening on %s store=%s", _listen_url(config, runner), _store_name(config))
         _install_signal_handlers(stop)
@@ -114,6 +117,19 @@ async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> N
         await hub.close()
         await store.close()
         logger.info("relay stopped")
+
+
+async def _start_site(site: GuardedSite, config: ServerConfig) -> None:
+    """Bind the listening socket, or raise ListenError that says which option to change."""
+    address = f"{config.host}:{config.port}"
+    try:
+        await site.start()
+    except socket.gaierror as exc:
+        raise ListenError(address, exc.strerror or str(exc), "check --host") from None
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ListenError(address, "address already in use", "stop the process that uses it or pass another --port") from None
+        raise ListenError(address, exc.strerror or str(exc), "check --host and --port") from None
 
 
 async def _close_sessions(app: web.Application) -> None:

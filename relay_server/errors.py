@@ -57,7 +57,7 @@ class DuplicateEvent(RelayError):
 
 
 class ConfigError(RelayError):
-    """A server option has an invalid value."""
+    """A server option or channel setting is invalid; ``value`` None means it is missing."""
 
     def __init__(self, option: str, value: object, hint: str) -> None:
         super().__init__(option, value, hint)
@@ -66,4 +66,19 @@ class ConfigError(RelayError):
         self.hint = hint
 
     def __str__(self) -> str:
+        if self.value is None:
+            return f"missing {self.option}: {self.hint}"
         return f"invalid {self.option} {self.value!r}: {self.hint}"
+
+
+class ListenError(RelayError):
+    """The relay could not listen on its address."""
+
+    def __init__(self, address: str, reason: str, hint: str) -> None:
+        super().__init__(address, reason, hint)
+        self.address = address
+        self.reason = reason
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"cannot listen on {self.address}: {self.reason}; {self.hint}"

@@ -17,6 +17,7 @@ import time
 from urllib.parse import unquote
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from relay_server.errors import ChannelFull, DuplicateEvent, StoreError
 from relay_server.ids import new_event_id
@@ -41,8 +42,13 @@ def split_target(raw_path: str) -> tuple[str, bytes]:
 
     The tail keeps the sender's bytes: ``/a%2Fb?x=1`` stays as written. aiohttp
     decodes the request target as UTF-8 with surrogate escapes, which the
-    encode below reverses.
+    encode below reverses. A target in absolute form (``http://host/h/...``,
+    which servers must accept, RFC 9112 section 3.2.2) counts from its path.
     """
+    if not raw_path.startswith("/"):
+        authority = raw_path.find("://")
+        path = raw_path.find("/", authority + 3) if authority != -1 else -1
+        raw_path = raw_path[path:] if path != -1 else "/"
     rest = raw_path[len(INGEST_PREFIX) :]
     cut = len(rest)
     for stop in ("/", "?"):
@@ -75,12 +81,27 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes |
     return b"".join(chunks)
 
 
+@web.middleware
+async def ingest_not_found(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer URLs under the ingest prefix that match no route, such as ``/h/``, in JSON like the rest of ingest."""
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        if request.path == INGEST_PREFIX.rstrip("/") or request.path.startswith(INGEST_PREFIX):
+            return _channel_not_found()
+        raise
+
+
+def _channel_not_found() -> web.Response:
+    return json_error(404, "channel_not_found", "no channel at this URL; create one with 'hookrelay channel create'")
+
+
 async def handle_ingest(request: web.Request) -> web.StreamResponse:
     state: RelayState = request.app[STATE]
     channel_id, tail = split_target(request.raw_path)
     channel = await state.store.get_channel(channel_id)
     if channel is None:
-        return json_error(404, "channel_not_found", "no channel at this URL; create one with 'hookrelay channel create'")
+        return _channel_not_found()
     rejection = admit_channel(state, channel_id)
     if rejection is not None:
         return rejection

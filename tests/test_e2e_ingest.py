@@ -1,11 +1,12 @@
 """The relay's public ingest URL: channel creation, 202 with an event id, 404, 413, and JSON responses only."""
 
+import asyncio
 import json
 import re
 import secrets
 
 from tests.support.checks import accepted_event_id, post_webhook
-from tests.support.http import send_request
+from tests.support.http import build_request, read_response, send_request
 from tests.support.own_cases import BROWSER_USER_AGENT
 from tests.support.timing import MS
 
@@ -105,3 +106,33 @@ async def test_default_max_body_25_mib(runner, shared_relay):
     assert at_limit.status == 202, at_limit.describe()
     assert over.status == 413, over.describe()
     assert over.content_type.startswith("application/json"), over.describe()
+
+
+async def test_absolute_form_target_is_accepted(runner, shared_relay, target):
+    """A request line in absolute form (http://host/h/...) is stored with the same tail as the origin form."""
+    channel = await runner.create_channel(shared_relay.url)
+    runner.start_listener(shared_relay.url, channel, target.authority)
+    authority = f"127.0.0.1:{shared_relay.port}"
+    request = build_request("POST", f"http://{authority}/h/{channel.id}/hooks%2Fa?x=1&y", authority, [], b'{"absolute":1}', False)
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", shared_relay.port)
+    try:
+        writer.write(request)
+        response = await read_response(reader, "POST")
+    finally:
+        writer.close()
+    delivered = await target.wait_for_event(accepted_event_id(response), DELIVERY_TIMEOUT)
+
+    assert response.status == 202, response.describe()
+    assert delivered.raw_target == "/hooks%2Fa?x=1&y"
+    assert delivered.body == b'{"absolute":1}'
+
+
+async def test_ingest_prefix_without_channel_404_json(shared_relay):
+    """POST /h/ and /h name no channel and get the ingest's JSON 404, not a page."""
+    for path in ("/h/", "/h"):
+        response = await send_request(shared_relay.url + path, "POST", [("Content-Type", "application/json")], b"{}")
+
+        assert response.status == 404, path
+        assert response.content_type.startswith("application/json"), response.describe()
+        assert response.json()["error"] == "channel_not_found"
