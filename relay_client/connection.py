@@ -326,7 +326,11 @@ def convert_handshake_error(exc: Exception, relay: str, channel: str) -> Excepti
         if status in (400, 403, 404):
             body = exc.response.body.decode("utf-8", "replace")[:200] if exc.response.body else ""
             return RelayRejected(relay, status, body or "the relay refused the connection")
-        return RelayUnreachable(relay, f"HTTP {status} during the websocket handshake")
+        if status in (408, 425, 429) or status >= 500:
+            # A proxy or relay node that is starting, overloaded or away: try again.
+            return RelayUnreachable(relay, f"HTTP {status} during the websocket handshake")
+        # Any other answer comes from a server that is not a relay; retrying cannot help.
+        return RelayRejected(relay, status, "the server answered without a websocket upgrade; check that --relay is a hookrelay relay")
     if isinstance(exc, InvalidHandshake):
         return RelayUnreachable(relay, f"websocket handshake failed: {exc}")
     if isinstance(exc, (OSError, asyncio.TimeoutError)):

@@ -7,10 +7,12 @@ each and live apart from the faster modules.
 import asyncio
 
 import pytest
+from aiohttp import web
 
 from tests.support.api import ChannelApi
 from tests.support.checks import accepted_event_id, post_webhook
 from tests.support.http import send_request
+from tests.support.processes import Channel
 from tests.support.proxy import TcpProxy
 from tests.support.timing import MS, wait_until
 
@@ -186,3 +188,29 @@ async def test_second_relay_on_same_data_folder_refused(runner, target, tmp_path
     assert target.event_ids.count(pending) == 1, target.event_ids
     assert listener.returncode is None
     assert other.returncode is None
+
+
+async def test_listener_against_non_relay_exits(runner, tmp_path):
+    """A --relay that answers 200 to the websocket handshake is not a relay: the listener says so and exits 1."""
+    async def web_page(request: web.Request) -> web.Response:
+        return web.Response(text="<html>a web page</html>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", web_page)
+    server = web.AppRunner(app)
+    await server.setup()
+    site = web.TCPSite(server, "127.0.0.1", 0)
+    await site.start()
+    port = server.addresses[0][1]
+    try:
+        channel = Channel(id="ch_notarelay", token="hrt_not-a-real-token", url=f"http://127.0.0.1:{port}/h/ch_notarelay")
+        listener = runner.start_listener(f"http://127.0.0.1:{port}", channel, "127.0.0.1:9")
+        code = await listener.wait_for_exit(DELIVERY_TIMEOUT)
+    finally:
+        await server.cleanup()
+
+    stderr = listener.stderr_text()
+    assert code == 1, stderr
+    assert "HTTP 200" in stderr
+    assert "check that --relay is a hookrelay relay" in stderr
+    assert "Traceback" not in stderr
