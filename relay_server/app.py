@@ -69,12 +69,18 @@ def open_store(config: ServerConfig) -> EventStore:
     raise ConfigError("--store", url, "use sqlite:///path/to/dir or redis://host:port/db")
 
 
-def open_hub(config: ServerConfig) -> Hub:
-    """Build the hub that matches the store: in-process, or shared through Redis."""
+def open_hub(config: ServerConfig, store: EventStore) -> Hub:
+    """Build the hub that matches the store: in-process, or shared through Redis.
+
+    The Redis store owns its copies of channel records, and the Redis hub
+    keeps them exact by enabling them only while it hears other nodes' changes.
+    """
     if config.store_url is not None and config.store_url.startswith(REDIS_SCHEMES):
         from relay_server.redis_hub import RedisHub
+        from relay_server.store.redis import RedisStore
 
-        return RedisHub(config.store_url, presence_ttl=config.node_timeout)
+        channel_cache = store.channel_cache if isinstance(store, RedisStore) else None
+        return RedisHub(config.store_url, presence_ttl=config.node_timeout, channel_cache=channel_cache)
     return Hub()
 
 
@@ -93,7 +99,7 @@ async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> N
     stop = stop or asyncio.Event()
     store = open_store(config)
     await store.open()
-    hub = open_hub(config)
+    hub = open_hub(config, store)
     await hub.start()
     if hasattr(store, "on_reclaimable") and hasattr(hub, "wake_local"):
         # Events of consumers on a dead node: local listeners take them over.

@@ -6,11 +6,13 @@ response that reaches B must get to the sender waiting on A. Each node keeps
 the in-process :class:`~relay_server.hub.Hub` for its own sessions and
 adds Redis pub/sub between nodes:
 
-- ``hookrelay:hub`` carries ``W <channel>`` (wake listeners) and
+- ``hookrelay:hub`` carries ``W <channel>`` (wake listeners),
   ``T <version> <channel>`` (history changed; versions come from one
-  Redis hash, so every node reports the same number). The Redis store's
-  scripts publish ``W`` themselves when they make events claimable (append,
-  replay, release), so the hub publishes only ``T``;
+  Redis hash, so every node reports the same number) and ``C <channel>``
+  (the channel's record changed: drop the copy in the store's
+  :class:`~relay_server.store.redis.ChannelCache`). The Redis store
+  publishes ``W`` itself when it makes events claimable (append, replay,
+  release) and ``C`` when it changes a channel, so the hub publishes only ``T``;
 - ``hookrelay:answers`` carries target answers in the wire protocol's
   binary format; the node that holds the waiting sender takes it.
 
@@ -20,7 +22,8 @@ each member refreshed by its node and expiring when the node dies.
 Each node reads pub/sub on a connection of its own. A message published
 while a node is not subscribed (Redis restarting, the node reconnecting) is
 lost, so after every (re)subscription the node wakes all its sessions and
-watchers once and they read the store again.
+watchers once and they read the store again, and it drops its copies of
+channel records. While it is not subscribed, it keeps no copies at all.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from redis.exceptions import RedisError
 from relay_server.errors import StoreError
 from relay_server.hub import Hub
 from relay_server.protocol import ProtocolError, TargetResponse, decode_response, encode_response
-from relay_server.store.redis import HUB_CHANNEL, PREFIX, PRESENCE_TTL, run_to_end
+from relay_server.store.redis import HUB_CHANNEL, PREFIX, PRESENCE_TTL, ChannelCache, run_to_end
 
 logger = logging.getLogger("hookrelay.server.hub")
 
@@ -81,9 +84,12 @@ def listeners_key(channel: str) -> str:
 class RedisHub(Hub):
     """A :class:`Hub` whose notifications, versions and target responses reach every node on one Redis."""
 
-    def __init__(self, url: str, *, presence_ttl: float = PRESENCE_TTL) -> None:
+    def __init__(self, url: str, *, presence_ttl: float = PRESENCE_TTL, channel_cache: ChannelCache | None = None) -> None:
         super().__init__()
         self.url = url
+        # The store's copies of channel records. The hub enables the cache only
+        # while it is subscribed, and drops the copies that other nodes change.
+        self.channel_cache = channel_cache
         self.node = secrets.token_hex(6)
         self.presence_ttl = presence_ttl
         self._client: aioredis.Redis | None = None
@@ -122,6 +128,9 @@ class RedisHub(Hub):
         if self._closed:
             return
         self._closed = True
+        self._subscribed = False
+        if self.channel_cache is not None:
+            self.channel_cache.disable()
         for task in (self._reader, self._refresher):
             if task is not None:
                 task.cancel()
@@ -230,29 +239,47 @@ class RedisHub(Hub):
         """Read pub/sub messages; reconnect with backoff while Redis is away."""
         failures = 0
         while True:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._client.pubsub()
             try:
                 await pubsub.subscribe(HUB_CHANNEL, ANSWERS_CHANNEL)
-                for channel, version in (await self._client.hgetall(VERSIONS_KEY)).items():
-                    self._apply_version(channel.decode(), int(version))
-                self._subscribed = True
-                self._first_subscription.set()
-                if failures:
-                    logger.info("hub reconnected to Redis after %d failed attempts", failures)
-                failures = 0
-                self._wake_everyone()
                 while True:
                     message = await pubsub.get_message(timeout=READ_TIMEOUT)
-                    if message is not None:
+                    if message is None:
+                        continue
+                    if message["type"] == "message":
                         self._dispatch(message["channel"], message["data"])
+                    elif message["type"] == "subscribe" and message["channel"] == HUB_CHANNEL.encode():
+                        # This client retries no read (redis-py 8.2), so a lost connection
+                        # raises. One set to retry would subscribe again inside get_message,
+                        # and that confirmation would arrive here too.
+                        await self._catch_up(failures)
+                        failures = 0
             except (RedisError, OSError) as exc:
                 if self._subscribed or failures == 0:
                     logger.error("hub lost Redis: %s; wake-ups from other nodes stop until it returns", exc)
-                self._subscribed = False
+                self._unsubscribed()
                 failures += 1
             finally:
                 await asyncio.shield(pubsub.aclose())
             await asyncio.sleep(min(RECONNECT_CAP, RECONNECT_BASE * 2 ** min(failures, 10)))
+
+    async def _catch_up(self, failures: int) -> None:
+        """Make up for the messages missed before Redis confirmed the subscription to the hub channel."""
+        versions = await run_to_end(self._tasks, lambda: self._client.hgetall(VERSIONS_KEY))
+        for channel, version in versions.items():
+            self._apply_version(channel.decode(), int(version))
+        if self.channel_cache is not None:
+            self.channel_cache.enable()
+        self._subscribed = True
+        self._first_subscription.set()
+        if failures:
+            logger.info("hub reconnected to Redis after %d failed attempts", failures)
+        self._wake_everyone()
+
+    def _unsubscribed(self) -> None:
+        self._subscribed = False
+        if self.channel_cache is not None:
+            self.channel_cache.disable()
 
     def _dispatch(self, channel: bytes, data: bytes) -> None:
         if channel == ANSWERS_CHANNEL.encode():
@@ -266,6 +293,9 @@ class RedisHub(Hub):
         kind, _, rest = data.decode().partition(" ")
         if kind == "W":
             self.wake_local(rest)
+        elif kind == "C":
+            if self.channel_cache is not None:
+                self.channel_cache.invalidate(rest)
         elif kind == "T":
             version, _, name = rest.partition(" ")
             self._apply_version(name, int(version))

@@ -9,6 +9,7 @@ import asyncio
 
 import pytest
 
+from tests.support.api import api_request, poll
 from tests.support.checks import accepted_event_id, post_webhook
 from tests.support.http import send_request
 from tests.support.processes import Channel, ProcessRunner, Relay
@@ -22,6 +23,9 @@ NODE_TIMEOUT = "2s"
 FAILOVER_TIMEOUT = 30_000 * MS
 RECOVERY_TIMEOUT = 30_000 * MS
 EVENTS = 20
+# Shorter than the 2 s for which a node may use its copy of a channel's
+# record, so only the invalidation from node A can end the old token on node B.
+ROTATION_TIMEOUT = 1_000 * MS
 
 
 @pytest.fixture
@@ -191,6 +195,29 @@ async def _post_until_answered(url: str):
             return response
         await asyncio.sleep(250 * MS)
     return response
+
+
+async def test_rotated_token_refused_on_other_node(runner, nodes):
+    """A token rotated through node A's API is refused on node B within a second, and the new token works there."""
+    node_a, node_b = nodes
+    channel = await runner.create_channel(node_a.url)
+    path = f"/api/channels/{channel.id}"
+    # Node B reads the channel and keeps a copy of it.
+    before = await api_request(node_b.url, "GET", path, token=channel.token)
+
+    rotated = await api_request(node_a.url, "POST", f"{path}/rotate-token", token=channel.token)
+    old_token_on_b = await poll(
+        lambda: api_request(node_b.url, "GET", path, token=channel.token),
+        lambda answer: answer.status != 200,
+        ROTATION_TIMEOUT,
+        "node B to refuse the old token",
+    )
+    new_token_on_b = await api_request(node_b.url, "GET", path, token=rotated.body["token"])
+
+    assert before.status == 200, before.describe()
+    assert rotated.status == 200, rotated.describe()
+    assert old_token_on_b.status == 401, old_token_on_b.describe()
+    assert new_token_on_b.status == 200, new_token_on_b.describe()
 
 
 async def test_readiness_reports_ready(nodes):

@@ -24,6 +24,12 @@ runs in a task of its own that the caller awaits through a shield.
 Appends to one channel go out in pipelines, one in flight per channel and
 node (see :meth:`RedisStore.append`), so concurrent senders share round
 trips and Redis's syncs of its append-only file.
+
+Channel records (token hash, created_at, settings) come from a copy in the
+node's memory, so ingest does not wait for a channel read before the
+append. Every change to a channel publishes ``C <channel>`` on
+:data:`HUB_CHANNEL` in the same round trip, and :class:`ChannelCache`
+decides how long a copy is used.
 """
 
 from __future__ import annotations
@@ -66,6 +72,12 @@ CHANNELS_KEY = f"{PREFIX}:channels"
 HUB_CHANNEL = f"{PREFIX}:hub"
 _CHANNEL_KEYS = ("meta", "log", "ids", "bodies", "outcomes", "attempts", "answers", "replays", "consumers")
 
+# A copy of a channel record is read again from Redis after this many
+# seconds, even when no invalidation arrived for it.
+CHANNEL_MAX_AGE = 2.0
+# Maximum number of copies a node keeps. Past it, the oldest copy is dropped.
+CHANNEL_CACHE_SIZE = 10_000
+
 # A consumer is alive while its node refreshes it, every third of the TTL;
 # after a TTL without a refresh (its node died) other nodes reclaim its
 # pending events.
@@ -76,6 +88,11 @@ _PRUNE_FRACTION = 0.01
 _PRUNE_BUDGET = 1000
 _HISTORY_CHUNK = 500
 
+_SCRIPT_NAMES = (
+    "APPEND", "CLAIM", "ACK", "RECORD", "RELEASE", "BACKLOG", "DETAIL",
+    "DELETE", "REPLAY", "PRUNE_AGE", "REFRESH", "UPDATE_CHANNEL",
+)  # fmt: skip
+
 # An append waiting for its pipeline: keys, script arguments, and the future of its reply.
 _QueuedAppend = tuple[list[str], list[Any], "asyncio.Future[Any]"]
 
@@ -85,9 +102,89 @@ def wake_up_message(channel: str) -> str:
     return f"W {channel}"
 
 
+def channel_changed_message(channel: str) -> str:
+    """Build the hub message that makes every node drop its copy of ``channel``'s record."""
+    return f"C {channel}"
+
+
 def channel_keys(channel: str) -> list[str]:
     """Return the channel's keys in the order the scripts expect them."""
     return [f"{PREFIX}:{{{channel}}}:{name}" for name in _CHANNEL_KEYS]
+
+
+class ChannelCache:
+    """This node's copies of channel records, used only while invalidations can reach the node.
+
+    The guarantee: a change to a channel takes effect at once on the node
+    that made it, and on every other node as soon as its hub reads the
+    ``C <channel>`` message, one pub/sub delivery after the change. Even if
+    that message is lost, no copy is used more than ``max_age`` seconds
+    after its read began, so the change takes effect on every node within
+    ``max_age`` (2 s by default).
+
+    The cache starts disabled, and then every lookup reads Redis. The
+    node's :class:`~relay_server.redis_hub.RedisHub` enables it each time
+    its pub/sub subscription is confirmed and disables it when the
+    subscription is lost, because messages published meanwhile never
+    arrive. Both clear every copy. A store without a hub never keeps any.
+    Channels that do not exist are not remembered.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_age: float = CHANNEL_MAX_AGE,
+        size: int = CHANNEL_CACHE_SIZE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_age = max_age
+        self.size = size
+        self._clock = clock
+        # Channel id -> (monotonic time its read began, record), oldest read first.
+        self._copies: dict[str, tuple[float, ChannelRecord]] = {}
+        self._enabled = False
+        # Counts invalidations, so that a read which overlapped one keeps no copy.
+        self._generation = 0
+
+    async def get(self, channel_id: str, read: Callable[[], Awaitable[ChannelRecord | None]]) -> ChannelRecord | None:
+        """Return the copy of the channel's record, or ``read()`` it and keep a copy."""
+        started = self._clock()
+        copy = self._copies.get(channel_id)
+        if copy is not None and started - copy[0] <= self.max_age:
+            return copy[1]
+
+        generation = self._generation
+        record = await read()
+        # Redis may have run the read before a change whose invalidation
+        # arrived while the read was in flight, so such a read keeps no copy.
+        if record is not None and self._enabled and generation == self._generation:
+            self._keep(channel_id, started, record)
+        return record
+
+    def invalidate(self, channel_id: str) -> None:
+        """Drop the copy of one channel, and the result of any read of it in flight."""
+        self._generation += 1
+        self._copies.pop(channel_id, None)
+
+    def enable(self) -> None:
+        """Start keeping copies, none of them from before this call."""
+        self._reset(enabled=True)
+
+    def disable(self) -> None:
+        """Drop every copy and read every lookup from Redis until :meth:`enable`."""
+        self._reset(enabled=False)
+
+    def _reset(self, *, enabled: bool) -> None:
+        self._generation += 1
+        self._copies.clear()
+        self._enabled = enabled
+
+    def _keep(self, channel_id: str, started: float, record: ChannelRecord) -> None:
+        # Re-inserting moves the channel to the end, so the first key is the oldest read.
+        self._copies.pop(channel_id, None)
+        if len(self._copies) >= self.size:
+            del self._copies[next(iter(self._copies))]
+        self._copies[channel_id] = (started, record)
 
 
 class RedisStore(EventStore):
@@ -101,6 +198,7 @@ class RedisStore(EventStore):
         clock: Callable[[], float] = time.time,
         max_connections: int = 64,
         presence_ttl: float = PRESENCE_TTL,
+        channel_max_age: float = CHANNEL_MAX_AGE,
     ) -> None:
         self.url = url
         self.retention = retention or Retention()
@@ -121,6 +219,8 @@ class RedisStore(EventStore):
         # Called with a channel id when consumers of it stopped refreshing,
         # so that local listeners claim their events (the hub's wake_local).
         self.on_reclaimable: Callable[[str], None] | None = None
+        # Copies of channel records, which the node's hub enables and invalidates.
+        self.channel_cache = ChannelCache(max_age=channel_max_age)
 
     # -- lifecycle -----------------------------------------------------
 
@@ -132,7 +232,7 @@ class RedisStore(EventStore):
             socket_timeout=10,
             health_check_interval=30,
         )
-        for name in ("APPEND", "CLAIM", "ACK", "RECORD", "RELEASE", "BACKLOG", "DETAIL", "DELETE", "REPLAY", "PRUNE_AGE", "REFRESH"):
+        for name in _SCRIPT_NAMES:
             self._scripts[name] = self._client.register_script(getattr(redis_scripts, name))
         try:
             await self.ping()
@@ -208,11 +308,19 @@ class RedisStore(EventStore):
                 # The default group exists from the start and reads from the
                 # first event on; other groups start at the end when first used.
                 pipe.xgroup_create(keys[1], DEFAULT_GROUP, id="0", mkstream=True)
+                # A channel created again under the same id replaces the old one on every node.
+                pipe.publish(HUB_CHANNEL, channel_changed_message(channel.id))
                 await pipe.execute()
 
-        await self._run("create channel", create)
+        try:
+            await self._run("create channel", create)
+        finally:
+            self.channel_cache.invalidate(channel.id)
 
     async def get_channel(self, channel_id: str) -> ChannelRecord | None:
+        return await self.channel_cache.get(channel_id, lambda: self._read_channel(channel_id))
+
+    async def _read_channel(self, channel_id: str) -> ChannelRecord | None:
         meta_key = channel_keys(channel_id)[0]
         token_hash, created_at, settings = await self._run(
             "read channel", lambda: self._client.hmget(meta_key, "token_hash", "created_at", "settings")
@@ -222,15 +330,22 @@ class RedisStore(EventStore):
         return ChannelRecord(channel_id, bytes(token_hash), float(created_at), json.loads(settings))
 
     async def set_token_hash(self, channel_id: str, token_hash: bytes) -> None:
-        meta_key = channel_keys(channel_id)[0]
-        await self._run("set token", lambda: self._client.hset(meta_key, "token_hash", token_hash))
+        await self._update_channel("set token", channel_id, ["token_hash", token_hash])
 
     async def update_settings(self, channel_id: str, settings: dict[str, Any]) -> ChannelRecord:
-        meta_key = channel_keys(channel_id)[0]
-        await self._run("update settings", lambda: self._client.hset(meta_key, "settings", json.dumps(settings)))
+        await self._update_channel("update settings", channel_id, ["settings", json.dumps(settings)])
         channel = await self.get_channel(channel_id)
         assert channel is not None
         return channel
+
+    async def _update_channel(self, operation: str, channel_id: str, fields: list[Any]) -> None:
+        """Write fields of the channel's record and make every node drop its copy."""
+        args = [HUB_CHANNEL, channel_changed_message(channel_id), *fields]
+        try:
+            await self._script(operation, "UPDATE_CHANNEL", channel_id, args)
+        finally:
+            # Even a failed command may have run, so this node drops its copy either way.
+            self.channel_cache.invalidate(channel_id)
 
     # -- events --------------------------------------------------------
 

@@ -29,7 +29,8 @@ The scripts that make events claimable (APPEND, REPLAY, RELEASE) publish
 the hub's wake-up message themselves. A script runs atomically, so no node
 can claim before the script's whole change is made. They take the pub/sub
 channel and the message in ARGV, because a pub/sub channel is not a key and
-belongs to no hash slot.
+belongs to no hash slot. UPDATE_CHANNEL likewise publishes the message that
+makes every node drop its copy of the channel's record.
 
 A consumer is alive while its member in ``consumers`` has an expiry in the
 future by Redis's clock (``TIME``), which the relay node that serves it
@@ -455,4 +456,13 @@ for i = 2, #ARGV do
   redis.call('ZADD', KEYS[9], now + tonumber(ARGV[1]), ARGV[i])
 end
 return redis.call('ZCOUNT', KEYS[9], '-inf', now)
+"""
+
+UPDATE_CHANNEL = r"""
+-- ARGV: hub pub/sub channel, invalidation message, then field, value pairs
+-- of the meta hash. The message makes every node drop its copy of the
+-- channel's record, and it is published in the same atomic step as the change.
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return 1
 """
