@@ -10,7 +10,7 @@ adds Redis pub/sub between nodes:
   ``T <version> <channel>`` (history changed; versions come from one
   Redis hash, so every node reports the same number) and ``C <channel>``
   (the channel's record changed: drop the copy in the store's
-  :class:`~relay_server.store.redis.ChannelCache`). The Redis store
+  :class:`~relay_server.store.redis_channels.ChannelCache`). The Redis store
   publishes ``W`` itself when it makes events claimable (append, replay,
   release) and ``C`` when it changes a channel, so the hub publishes only ``T``;
 - ``hookrelay:answers`` carries target answers in the wire protocol's
@@ -41,7 +41,8 @@ from redis.exceptions import RedisError
 from relay_server.errors import StoreError
 from relay_server.hub import Hub
 from relay_server.protocol import ProtocolError, TargetResponse, decode_response, encode_response
-from relay_server.store.redis import HUB_CHANNEL, PREFIX, PRESENCE_TTL, ChannelCache, run_to_end
+from relay_server.store.redis import HUB_CHANNEL, PREFIX, PRESENCE_TTL, run_to_end
+from relay_server.store.redis_channels import ChannelCache
 
 logger = logging.getLogger("hookrelay.server.hub")
 

@@ -15,7 +15,8 @@ import redis.asyncio as aioredis
 from relay_server.ids import hash_token
 from relay_server.redis_hub import RedisHub
 from relay_server.store import ChannelRecord
-from relay_server.store.redis import ChannelCache, RedisStore, channel_keys
+from relay_server.store.redis import RedisStore, channel_keys
+from relay_server.store.redis_channels import ChannelCache
 from tests.support.api import poll
 from tests.support.timing import MS, wait_until
 
