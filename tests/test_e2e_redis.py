@@ -9,6 +9,7 @@ import asyncio
 
 import pytest
 
+from relay_server.session import TOKEN_CHECK_INTERVAL
 from tests.support.api import api_request, poll
 from tests.support.checks import accepted_event_id, post_webhook
 from tests.support.http import send_request
@@ -26,6 +27,8 @@ EVENTS = 20
 # Shorter than the 2 s for which a node may use its copy of a channel's
 # record, so only the invalidation from node A can end the old token on node B.
 ROTATION_TIMEOUT = 1_000 * MS
+# ExitStatus.UNAUTHORIZED of the CLI.
+EXIT_UNAUTHORIZED = 3
 
 
 @pytest.fixture
@@ -218,6 +221,20 @@ async def test_rotated_token_refused_on_other_node(runner, nodes):
     assert rotated.status == 200, rotated.describe()
     assert old_token_on_b.status == 401, old_token_on_b.describe()
     assert new_token_on_b.status == 200, new_token_on_b.describe()
+
+
+async def test_rotated_token_disconnects_listener_on_other_node(runner, nodes, target):
+    """A listener on node B connected with a token rotated through node A is cut off and exits 3."""
+    node_a, node_b = nodes
+    channel = await runner.create_channel(node_a.url)
+    listener = runner.start_listener(node_b.url, channel, target.authority)
+    await listener.wait_for_connection(node_b.port, CONNECT_TIMEOUT)
+
+    rotated = await api_request(node_a.url, "POST", f"/api/channels/{channel.id}/rotate-token", token=channel.token)
+    exit_code = await listener.wait_for_exit(TOKEN_CHECK_INTERVAL + ROTATION_TIMEOUT + CONNECT_TIMEOUT)
+
+    assert rotated.status == 200, rotated.describe()
+    assert exit_code == EXIT_UNAUTHORIZED, listener.stderr_tail()
 
 
 async def test_readiness_reports_ready(nodes):
