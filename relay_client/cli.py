@@ -10,6 +10,7 @@ one line, ``hookrelay: error: <reason>``, and exit with an
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import signal
@@ -30,20 +31,22 @@ from relay_client.cli_common import (
     ChannelIdOption,
     ExitStatus,
     JsonOption,
+    RelayListOption,
     RelayOption,
     TokenOption,
     configure_logging,
     data_console,
     inspector_url,
     stderr,
+    value_source,
 )
 from relay_client.config import ListenerConfig, split_relays
 from relay_client.console import ListenerConsole
-from relay_client.errors import ClientError, RelayRejected, RelayUnreachable, Unauthorized, UsageError
+from relay_client.errors import AdminUnauthorized, ClientError, NotARelay, RelayRejected, RelayUnreachable, Unauthorized, UsageError
 from relay_client.retry import RetryPolicy
 from relay_client.runner import listen as run_listener
 from relay_client.runner import resolve_channel, run_until_stopped, run_with_fastest_loop
-from relay_client.settings import ChannelBook, SavedChannel, default_map, load_config_file
+from relay_client.settings import SECTIONS, ChannelBook, SavedChannel, config_path, default_map, load_config_file, unknown_keys
 from relay_client.units import parse_duration, parse_size
 from relay_server.errors import RelayError
 
@@ -64,7 +67,7 @@ cli_security.register(channel_app)
 @app.command()
 def listen(
     forward: cli_security.ForwardOption = ["8000"],
-    relay: RelayOption = DEFAULT_RELAY,
+    relay: RelayListOption = DEFAULT_RELAY,
     channel: Annotated[Optional[str], typer.Option(envvar="HOOKRELAY_CHANNEL", help="Channel id; default: the remembered one, or a new one.", show_default=False)] = None,
     token: Annotated[Optional[str], typer.Option(envvar="HOOKRELAY_TOKEN", help="The channel's token.", show_default=False)] = None,
     group: Annotated[str, typer.Option(envvar="HOOKRELAY_GROUP", help="Consumer group; listeners in one group share the events.")] = "default",
@@ -269,7 +272,7 @@ def channel_show(
         print(json.dumps(info))
         return
     for key in ("channel", "url", "backlog", "listeners"):
-        print(f"{key:<10} {info.get(key)}")
+        print(f"{key:<10} {info[key]}")
     for line in cli_security.describe_settings(info):
         print(line)
 
@@ -322,8 +325,10 @@ def version() -> None:
 
 
 def _exit_status(exc: ClientError) -> ExitStatus:
-    if isinstance(exc, Unauthorized):
+    if isinstance(exc, (Unauthorized, AdminUnauthorized)):
         return ExitStatus.UNAUTHORIZED
+    if isinstance(exc, NotARelay):
+        return ExitStatus.NOT_A_RELAY
     if isinstance(exc, UsageError):
         return ExitStatus.USAGE
     if isinstance(exc, RelayUnreachable):
@@ -334,11 +339,71 @@ def _exit_status(exc: ClientError) -> ExitStatus:
     return ExitStatus.ERROR
 
 
+def _leaf_commands(command: typer.main.TyperGroup) -> list[typer.main.TyperCommand]:
+    subcommands = getattr(command, "commands", None)
+    if subcommands is None:
+        return [command]
+    return [leaf for sub in subcommands.values() for leaf in _leaf_commands(sub)]
+
+
+def _config_keys(command: typer.main.TyperGroup) -> dict[str, set[str]]:
+    """Map "" (the top level) and each config file table to the parameter names of its commands' options."""
+    known: dict[str, set[str]] = {"": set(), **{section: set() for section in SECTIONS}}
+    for section, sub in command.commands.items():
+        names = {param.name for leaf in _leaf_commands(sub) for param in leaf.params if param.param_type_name == "option"}
+        known[""] |= names
+        if section in known:
+            known[section] |= names
+    return known
+
+
+def _warn_unknown_keys(config: dict[str, object], command: typer.main.TyperGroup) -> None:
+    for problem in unknown_keys(config, _config_keys(command)):
+        stderr.print(f"hookrelay: warning: {config_path()}: {problem}", markup=False, highlight=False)
+
+
+def _name_value_sources(command: typer.main.TyperGroup) -> None:
+    """Make a :class:`UsageError` raised by a command name the config file or variable the bad value came from."""
+    for leaf in _leaf_commands(command):
+        leaf.invoke = _naming_sources(leaf.invoke)
+
+
+def _naming_sources(invoke):
+    @functools.wraps(invoke)
+    def run(ctx: typer.Context):
+        try:
+            return invoke(ctx)
+        except UsageError as exc:
+            if exc.source is None:
+                exc.source = value_source(ctx, exc.option)
+            raise
+
+    return run
+
+
+def _usage_message(exc: typer.TyperException) -> str | None:
+    """Return the text of a usage error, naming the config file when the bad value came from it."""
+    message = getattr(exc, "format_message", None)
+    if message is None:
+        return None
+    context = getattr(exc, "ctx", None)
+    param = getattr(exc, "param", None)
+    command = context.command_path if context is not None else "hookrelay"
+    if isinstance(exc, typer.BadParameter) and context is not None and param is not None and param.name:
+        source = context.get_parameter_source(param.name)
+        if source is not None and source.name == "DEFAULT_MAP":
+            key = param.name.replace("_", "-")
+            return f"invalid {key} {context.lookup_default(param.name)!r} in {config_path()}: {exc.message}"
+    return f"{message()} (see '{command} --help')"
+
+
 def main() -> None:
     """Entry point of the ``hookrelay`` console script."""
     command = typer.main.get_command(app)
+    _name_value_sources(command)
     try:
         config = load_config_file()
+        _warn_unknown_keys(config, command)
         status = command.main(prog_name="hookrelay", default_map=default_map(config), standalone_mode=False)
     except ClientError as exc:
         stderr.print(f"hookrelay: error: {exc}", markup=False, highlight=False)
@@ -356,12 +421,10 @@ def main() -> None:
     except typer.TyperException as exc:
         # Usage errors (unknown option, invalid value) carry their own text
         # and exit status.
-        message = getattr(exc, "format_message", None)
+        message = _usage_message(exc)
         if message is None:
             raise
-        context = getattr(exc, "ctx", None)
-        command = context.command_path if context is not None else "hookrelay"
-        stderr.print(f"hookrelay: error: {message()} (see '{command} --help')", markup=False, highlight=False)
+        stderr.print(f"hookrelay: error: {message}", markup=False, highlight=False)
         sys.exit(getattr(exc, "exit_code", ExitStatus.USAGE))
     sys.exit(status if isinstance(status, int) else ExitStatus.OK)
 

@@ -11,10 +11,10 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from relay_client.config import DEFAULT_RELAY
+from relay_client.config import DEFAULT_RELAY, check_http_url, split_relays
 from relay_client.errors import UsageError
 from relay_client.runner import resolve_channel
-from relay_client.settings import ChannelBook, SavedChannel
+from relay_client.settings import ChannelBook, SavedChannel, config_path
 
 
 class ExitStatus(enum.IntEnum):
@@ -23,6 +23,7 @@ class ExitStatus(enum.IntEnum):
     USAGE = 2
     UNAUTHORIZED = 3
     UNREACHABLE = 4
+    NOT_A_RELAY = 5
     INTERRUPTED = 130
 
 
@@ -42,7 +43,50 @@ def data_console() -> Console:
     return console
 
 
-RelayOption = Annotated[str, typer.Option("--relay", envvar="HOOKRELAY_RELAY", help="Base URL of the relay.")]
+def value_source(ctx: typer.Context, option: str) -> str | None:
+    """Name where the value of ``option`` (such as ``--relay``) came from, unless it was typed on the command line.
+
+    Returns the config file's path or the environment variable, or None.
+    """
+    param = next((param for param in ctx.command.params if option in getattr(param, "opts", ())), None)
+    if param is None or param.name is None:
+        return None
+    source = ctx.get_parameter_source(param.name)
+    if source is None:
+        return None
+    if source.name == "DEFAULT_MAP":
+        return str(config_path())
+    if source.name == "ENVIRONMENT" and getattr(param, "envvar", None):
+        return str(param.envvar)
+    return None
+
+
+def _check_relay(ctx: typer.Context, value: str) -> str:
+    if "," in value:
+        raise UsageError("--relay", value, "only 'hookrelay listen' takes several relay URLs", source=value_source(ctx, "--relay"))
+    return _check_relays(ctx, value)
+
+
+def _check_relays(ctx: typer.Context, value: str) -> str:
+    try:
+        for relay in split_relays(value):
+            check_http_url("--relay", relay, "https://relay.example.com")
+    except UsageError as exc:
+        exc.source = value_source(ctx, "--relay")
+        raise
+    return value
+
+
+RelayOption = Annotated[
+    str, typer.Option("--relay", envvar="HOOKRELAY_RELAY", callback=_check_relay, help="Base URL of the relay.")
+]
+RelayListOption = Annotated[
+    str,
+    typer.Option(
+        "--relay", envvar="HOOKRELAY_RELAY", callback=_check_relays,
+        help="Base URL of the relay; several relay nodes separated by commas, tried in turn on each reconnect.",
+    ),
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print data as JSON on stdout.")]
 AdminTokenOption = Annotated[
     Optional[str],

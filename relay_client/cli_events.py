@@ -9,7 +9,6 @@ import hmac
 import json
 import sys
 import uuid
-from urllib.parse import urlencode
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -30,7 +29,7 @@ from relay_client.cli_common import (
     known_channel,
     stderr,
 )
-from relay_client.config import ListenerConfig, parse_target
+from relay_client.config import ListenerConfig, check_http_url, parse_target
 from relay_client.console import printable
 from relay_client.errors import RelayUnreachable, UsageError
 from relay_client.forwarder import Forwarder
@@ -77,14 +76,13 @@ def list_events(
 ) -> None:
     """List a channel's events, newest first."""
     saved = known_channel(relay, channel, token)
-    params = {"state": state, "method": method, "type": event_type, "q": search, "group": group, "limit": str(limit)}
-    query = urlencode({key: value for key, value in params.items() if value})
-    answer = asyncio.run(api_client.request_json("GET", relay, f"/api/channels/{saved.channel}/events?{query}", token=saved.token, channel=saved.channel))
+    filters = {"state": state, "method": method, "type": event_type, "q": search, "group": group, "limit": str(limit)}
+    rows = asyncio.run(api_client.list_events(relay, saved.channel, saved.token, filters))
     if as_json:
-        print(json.dumps(answer["events"]))
+        print(json.dumps(rows))
         return
     table = Table("received", "id", "method", "path", "type", "state", "status", "attempts")
-    for row in answer["events"]:
+    for row in rows:
         table.add_row(
             _time(row["received_at"]),
             row["id"],
@@ -153,8 +151,7 @@ def replay_event(
     saved = known_channel(relay, channel, token)
     results = []
     for event_id in event_ids:
-        path = f"/api/channels/{saved.channel}/events/{event_id}/replay?group={group}"
-        results.append(asyncio.run(api_client.request_json("POST", relay, path, token=saved.token, channel=saved.channel)))
+        results.append(asyncio.run(api_client.replay_event(relay, saved.channel, saved.token, event_id, group)))
     if as_json:
         print(json.dumps(results))
     else:
@@ -172,8 +169,7 @@ def delete_event(
     """Delete events and their history from the relay."""
     saved = known_channel(relay, channel, token)
     for event_id in event_ids:
-        path = f"/api/channels/{saved.channel}/events/{event_id}"
-        asyncio.run(api_client.request_json("DELETE", relay, path, token=saved.token, channel=saved.channel))
+        asyncio.run(api_client.delete_event(relay, saved.channel, saved.token, event_id))
         print(f"{event_id} deleted")
 
 
@@ -239,6 +235,8 @@ def send(
     if github_secret:
         digest = hmac.new(github_secret.encode(), body, hashlib.sha256).hexdigest()
         headers += [("X-GitHub-Delivery", str(uuid.uuid4())), ("X-Hub-Signature-256", f"sha256={digest}")]
+    if url is not None:
+        check_http_url("--url", url, "http://127.0.0.1:8787/h/ch_…")
     channel_url = url or _remembered_url(relay, channel)
     status, answer = asyncio.run(_post(method, channel_url + path, headers, body))
     if as_json:
@@ -257,9 +255,18 @@ def _payload(payload: Path | None, sample: str | None) -> tuple[list[tuple[str, 
         return list(headers), body
     if payload is None:
         raise UsageError("PAYLOAD", None, "give a file, - for stdin, or --sample NAME")
-    body = sys.stdin.buffer.read() if str(payload) == "-" else payload.read_bytes()
+    body = sys.stdin.buffer.read() if str(payload) == "-" else _read_payload(payload)
     content_type = "application/json" if body.lstrip()[:1] in (b"{", b"[") else "application/octet-stream"
     return [("Content-Type", content_type)], body
+
+
+def _read_payload(payload: Path) -> bytes:
+    try:
+        return payload.read_bytes()
+    except FileNotFoundError:
+        raise UsageError("PAYLOAD", str(payload), "no such file; give a file, - for stdin, or --sample NAME") from None
+    except OSError as exc:
+        raise UsageError("PAYLOAD", str(payload), f"cannot read it: {exc.strerror or exc}") from None
 
 
 def _parse_header(item: str) -> tuple[str, str]:
@@ -272,7 +279,8 @@ def _parse_header(item: str) -> tuple[str, str]:
 def _remembered_url(relay: str, channel: str | None) -> str:
     saved = ChannelBook().find(relay, channel) if channel else known_channel(relay, None, None)
     if saved is None or not saved.url:
-        raise UsageError("--url", None, f"no URL is remembered for channel {channel} on relay {relay}; pass --url")
+        described = f"channel {channel}" if channel else "the remembered channel"
+        raise UsageError("--url", None, f"no URL is remembered for {described} on relay {relay}; pass --url")
     return saved.url
 
 
@@ -288,16 +296,21 @@ async def _post(method: str, url: str, headers: list[tuple[str, str]], body: byt
         async with aiohttp.ClientSession(skip_auto_headers=("Content-Type",)) as session:
             async with session.request(method, url, headers=headers, data=body or None) as response:
                 return response.status, (await response.text(errors="replace"))[:500]
-    except aiohttp.ClientError as exc:
-        raise RelayUnreachable(url, str(exc)) from exc
+    except aiohttp.ClientConnectorError as exc:
+        raise RelayUnreachable(url, f"cannot connect: {exc.os_error.strerror or exc.os_error}") from exc
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise RelayUnreachable(url, str(exc) or type(exc).__name__) from exc
 
 
 def _fetch_event(relay: str, channel: str | None, token: str | None, event_id: str) -> dict[str, Any]:
     saved = known_channel(relay, channel, token)
-    path = f"/api/channels/{saved.channel}/events/{event_id}"
-    return asyncio.run(api_client.request_json("GET", relay, path, token=saved.token, channel=saved.channel))
+    return asyncio.run(api_client.show_event(relay, saved.channel, saved.token, event_id))
 
 
 def _time(stamp: float) -> str:
-    return datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S")
+    try:
+        return datetime.fromtimestamp(stamp).strftime("%Y-%m-%d %H:%M:%S")
+    except (OverflowError, OSError, ValueError):
+        # A time the platform cannot convert is shown as the relay sent it.
+        return str(stamp)
 

@@ -219,7 +219,13 @@ def channel_event_type(
 def describe_settings(info: dict[str, Any]) -> list[str]:
     """Return ``channel show`` lines for the signature check, redelivery window, event type and counts."""
     verify = info.get("verify")
-    check = f"{verify.get('provider')}, mode {verify.get('mode')}" if isinstance(verify, dict) else "off"
+    if not isinstance(verify, dict):
+        check = "off"
+    elif "invalid" in verify:
+        # The relay could not read the stored setting and sent its error instead.
+        check = f"invalid setting: {verify['invalid']}"
+    else:
+        check = f"{verify.get('provider', 'unknown provider')}, mode {verify.get('mode', 'unknown')}"
     source = info.get("event_type")
     kind = " ".join(f"{where} {name}" for where, name in source.items()) if isinstance(source, dict) else "detected"
     counts = info.get("counts") or {}

@@ -94,6 +94,30 @@ def split_relays(value: str) -> list[str]:
     return relays
 
 
+def check_http_url(option: str, value: str, example: str) -> None:
+    """Raise :class:`UsageError` unless ``value`` is an http:// or https:// URL with a host and a valid port."""
+    text = value.strip()
+    if not text:
+        raise UsageError(option, value, f"give a URL such as {example}")
+    if "://" not in text:
+        raise UsageError(option, value, f"the URL needs http:// or https:// in front, such as http://{text}")
+    parts = urlsplit(text)
+    if parts.scheme.lower() not in ("http", "https"):
+        raise UsageError(option, value, f"use an http:// or https:// URL, not {parts.scheme}://")
+    if not parts.hostname:
+        raise UsageError(option, value, f"the URL has no host; use a URL such as {example}")
+    port_text = parts.netloc.rpartition("@")[2].rpartition(":")[2]
+    try:
+        port = parts.port
+    except ValueError:
+        problem = "is out of range" if port_text.isdigit() else "is not a number"
+        raise UsageError(option, value, f"port {port_text} {problem}; use a port from 1 to 65535") from None
+    if port == 0:
+        raise UsageError(option, value, "port 0 is out of range; use a port from 1 to 65535")
+    if parts.query or parts.fragment:
+        raise UsageError(option, value, "the URL takes no query or fragment")
+
+
 @dataclass(frozen=True, slots=True)
 class ListenerConfig:
     """Everything ``hookrelay listen`` needs, grouped by concern."""

@@ -4,8 +4,10 @@ Tree::
 
     ClientError
     ├── RelayUnreachable     the relay did not answer; the listener retries
+    ├── NotARelay            a server answered, but not as a hookrelay relay does
     ├── RelayRejected        the relay answered with a refusal (bad token, bad request)
-    │   └── Unauthorized     the channel token was not accepted
+    │   ├── Unauthorized     the channel token was not accepted
+    │   └── AdminUnauthorized  the admin token was missing or not accepted
     ├── TargetError          one attempt to deliver an event to the target failed
     └── UsageError           an option or config value is invalid
 
@@ -28,6 +30,26 @@ class RelayUnreachable(ClientError):
 
     def __str__(self) -> str:
         return f"relay {self.relay} is unreachable: {self.reason}"
+
+
+class NotARelay(ClientError):
+    """The server at ``relay`` sent an answer that no hookrelay relay sends.
+
+    ``request`` is the request line without its query (``GET /api/…``) and
+    ``reason`` says what was wrong with the answer.
+    """
+
+    def __init__(self, relay: str, request: str, reason: str) -> None:
+        super().__init__(relay, request, reason)
+        self.relay = relay
+        self.request = request
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return (
+            f"{self.relay} did not answer like a hookrelay relay ({self.request}: {self.reason}); "
+            "check that --relay is the base URL of a hookrelay relay"
+        )
 
 
 class RelayRejected(ClientError):
@@ -53,6 +75,20 @@ class Unauthorized(RelayRejected):
         )
 
 
+class AdminUnauthorized(RelayRejected):
+    """The relay guards channel creation with an admin token and did not accept the one sent."""
+
+    def __init__(self, relay: str, token_given: bool) -> None:
+        super().__init__(relay, 401, "missing or invalid admin token")
+        self.token_given = token_given
+
+    def __str__(self) -> str:
+        fix = "pass the relay's admin token with --admin-token or set HOOKRELAY_ADMIN_TOKEN"
+        if self.token_given:
+            return f"relay {self.relay} rejected the admin token (HTTP 401); {fix}"
+        return f"relay {self.relay} needs its admin token to create channels (HTTP 401); {fix}"
+
+
 class TargetError(ClientError):
     """One delivery attempt failed; ``status`` is None when no HTTP answer came."""
 
@@ -67,13 +103,17 @@ class TargetError(ClientError):
 
 
 class UsageError(ClientError):
-    def __init__(self, option: str, value: object, hint: str) -> None:
-        super().__init__(option, value, hint)
+    """An invalid or missing value; ``source`` names the config file or environment variable it came from, if any."""
+
+    def __init__(self, option: str, value: object, hint: str, source: str | None = None) -> None:
+        super().__init__(option, value, hint, source)
         self.option = option
         self.value = value
         self.hint = hint
+        self.source = source
 
     def __str__(self) -> str:
+        where = f" in {self.source}" if self.source else ""
         if self.value is None:
-            return f"missing {self.option}: {self.hint}"
-        return f"invalid {self.option} {self.value!r}: {self.hint}"
+            return f"missing {self.option}{where}: {self.hint}"
+        return f"invalid {self.option} {self.value!r}{where}: {self.hint}"

@@ -20,6 +20,7 @@ so the public URL stays the same from run to run.
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import tempfile
@@ -36,20 +37,59 @@ CONFIG_DIR_ENV = "HOOKRELAY_CONFIG_DIR"
 CHANNEL_SUBCOMMANDS = ("create", "list", "show", "update", "rotate-token", "verify", "dedupe", "event-type")
 
 
+# Tables of the config file; each applies to the command of that name.
+SECTIONS = ("listen", "serve", "channel", "events")
+
+
 def config_dir() -> Path:
     override = os.environ.get(CONFIG_DIR_ENV)
     return Path(override) if override else Path(platformdirs.user_config_dir("hookrelay"))
 
 
+def config_path() -> Path:
+    return config_dir() / "config.toml"
+
+
 def load_config_file(path: Path | None = None) -> dict[str, Any]:
-    path = path or config_dir() / "config.toml"
+    """Read the config file; a missing file is empty, an unreadable or invalid one raises :class:`UsageError`."""
+    path = path or config_path()
     try:
         with path.open("rb") as handle:
-            return tomllib.load(handle)
+            config = tomllib.load(handle)
     except FileNotFoundError:
         return {}
+    except OSError as exc:
+        raise UsageError("config file", str(path), f"cannot read it: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError("config file", str(path), f"it is not valid TOML: {exc}") from None
+    for section in SECTIONS:
+        if section in config and not isinstance(config[section], dict):
+            raise UsageError(section, config[section], f"it must be a table, [{section}]", source=str(path))
+    return config
+
+
+def unknown_keys(config: dict[str, Any], known: dict[str, set[str]]) -> list[str]:
+    """Describe each config key that no option reads, such as "unknown key 'x' in [listen]".
+
+    ``known`` maps each section, and "" for the top level, to the parameter
+    names of its commands' options.
+    """
+    found: list[str] = []
+    for key, value in config.items():
+        if isinstance(value, dict) and key in SECTIONS:
+            found += [_unknown(f"key '{name}' in [{key}]", name, known[key]) for name in value if _option(name) not in known[key]]
+        elif isinstance(value, dict):
+            found.append(_unknown(f"table [{key}]", key, set(SECTIONS)))
+        elif _option(key) not in known[""]:
+            found.append(_unknown(f"key '{key}'", key, known[""]))
+    return found
+
+
+def _unknown(subject: str, key: str, names: set[str]) -> str:
+    file_keys = {name: key for key, name in _RENAMED.items()}
+    spelled = [file_keys.get(name, name).replace("_", "-") for name in sorted(names)]
+    close = difflib.get_close_matches(key.replace("_", "-"), spelled, n=1)
+    return f"unknown {subject} is ignored" + (f"; did you mean '{close[0]}'?" if close else "")
 
 
 def default_map(config: dict[str, Any]) -> dict[str, Any]:
@@ -75,7 +115,7 @@ def _option(key: str) -> str:
 # Options that may be given several times; the file may give one value or a list.
 _LIST_OPTIONS = frozenset({"forward", "events", "filters"})
 # Config keys whose option has another parameter name ("--filter" is "filters").
-_RENAMED = {"filter": "filters"}
+_RENAMED = {"filter": "filters", "json": "as_json", "type": "event_type"}
 
 
 def _as_lists(options: dict[str, Any]) -> dict[str, Any]:
@@ -101,9 +141,16 @@ class ChannelBook:
             raw = json.loads(self.path.read_text())
         except FileNotFoundError:
             return {}
+        except OSError as exc:
+            raise UsageError("channel file", str(self.path), f"cannot read it: {exc.strerror or exc}") from None
         except ValueError as exc:
             raise UsageError("channel file", str(self.path), f"it is not valid JSON ({exc}); fix or delete it") from None
-        return {relay: [SavedChannel(relay=relay, **item) for item in items] for relay, items in raw.items()}
+        try:
+            return {relay: [_saved_channel(relay, item) for item in items] for relay, items in raw.items()}
+        except (AttributeError, TypeError, KeyError):
+            raise UsageError(
+                "channel file", str(self.path), 'expected {"<relay URL>": [{"channel": …, "token": …, "url": …}]}; fix or delete it'
+            ) from None
 
     def default_for(self, relay: str) -> SavedChannel | None:
         saved = self.load().get(_relay_key(relay), [])
@@ -128,7 +175,10 @@ class ChannelBook:
         data = {relay: [{"channel": s.channel, "token": s.token, "url": s.url} for s in items] for relay, items in book.items()}
         # A temporary file of its own per writer, so concurrent commands do not
         # replace each other's half-written file; mkstemp creates it 0600.
-        fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".channels-", suffix=".tmp")
+        try:
+            fd, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=".channels-", suffix=".tmp")
+        except OSError as exc:
+            raise UsageError("channel file", str(self.path), f"cannot write it: {exc.strerror or exc}") from None
         try:
             with os.fdopen(fd, "w") as handle:
                 json.dump(data, handle, indent=2)
@@ -136,6 +186,13 @@ class ChannelBook:
         except BaseException:
             Path(temporary).unlink(missing_ok=True)
             raise
+
+
+def _saved_channel(relay: str, item: dict[str, Any]) -> SavedChannel:
+    saved = SavedChannel(relay=relay, channel=item["channel"], token=item["token"], url=item.get("url", ""))
+    if not all(isinstance(value, str) for value in (saved.channel, saved.token, saved.url)):
+        raise TypeError("channel, token and url must be strings")
+    return saved
 
 
 def _relay_key(relay: str) -> str:

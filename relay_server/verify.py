@@ -71,7 +71,7 @@ class VerifyConfig:
         _check_choice("provider", self.provider, PROVIDERS)
         _check_choice("mode", self.mode, MODES)
         if not self.secret:
-            raise ConfigError("secret", "", "a signing secret is required")
+            raise ConfigError("secret", None, _missing_secret(self.provider))
         if not 0 < self.tolerance <= _MAX_TOLERANCE:
             raise ConfigError("tolerance", self.tolerance, f"use a number of seconds between 1 and {_MAX_TOLERANCE:.0f}")
         if self.provider == "standard-webhooks":
@@ -80,8 +80,11 @@ class VerifyConfig:
             self._check_generic()
 
     def _check_generic(self) -> None:
-        if not self.header or not self.header.isascii() or any(char in self.header for char in ": \t\r\n"):
-            raise ConfigError("header", self.header, "the hmac provider needs the name of the header that carries the signature")
+        if not self.header:
+            hint = "the hmac provider needs the name of the header that carries the signature; pass it with --header"
+            raise ConfigError("header", None, f"{hint}, such as --header X-Signature")
+        if not self.header.isascii() or any(char in self.header for char in ": \t\r\n"):
+            raise ConfigError("header", self.header, "a header name is ASCII without spaces or colons, such as X-Signature")
         _check_choice("algorithm", self.algorithm, tuple(ALGORITHMS))
         _check_choice("encoding", self.encoding, ENCODINGS)
 
@@ -105,9 +108,9 @@ class VerifyConfig:
         if "tolerance" in values and (isinstance(values["tolerance"], bool) or not isinstance(values["tolerance"], (int, float))):
             raise ConfigError("tolerance", values["tolerance"], "expected a number of seconds")
         if "provider" not in values:
-            raise ConfigError("provider", None, f"choose one of {', '.join(PROVIDERS)}")
+            raise ConfigError("provider", None, f"the channel checks no signatures yet; pass --provider with one of {', '.join(PROVIDERS)}")
         if "secret" not in values:
-            raise ConfigError("secret", None, "a signing secret is required")
+            raise ConfigError("secret", None, _missing_secret(values["provider"]))
         return cls(**values)
 
     def to_settings(self) -> dict[str, Any]:
@@ -296,6 +299,10 @@ _CHECKS: dict[str, Callable[[VerifyConfig, _HeaderLookup, bytes, float], str]] =
     "standard-webhooks": _check_standard_webhooks,
     "hmac": _check_generic,
 }
+
+
+def _missing_secret(provider: str) -> str:
+    return f"the {provider} provider needs its signing secret; pass it with --secret"
 
 
 def _check_choice(option: str, value: object, choices: tuple[str, ...]) -> None:

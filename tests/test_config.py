@@ -1,14 +1,16 @@
-"""Target parsing, retry policy, units and the saved-channel book."""
+"""Target parsing, retry policy, units, the saved-channel book and the config file."""
 
+import json
 import os
 import stat
+from pathlib import Path
 
 import pytest
 
-from relay_client.config import ListenerConfig, Target, parse_target, split_relays
+from relay_client.config import ListenerConfig, Target, check_http_url, parse_target, split_relays
 from relay_client.errors import UsageError
 from relay_client.retry import Backoff, is_retryable_status, parse_retry_after
-from relay_client.settings import ChannelBook, SavedChannel, default_map
+from relay_client.settings import ChannelBook, SavedChannel, default_map, load_config_file, unknown_keys
 from relay_client.units import parse_duration, parse_size
 
 
@@ -147,3 +149,116 @@ def test_empty_relay_list_rejected():
     with pytest.raises(UsageError) as info:
         split_relays(" , ")
     assert str(info.value) == "invalid --relay ' , ': give a relay URL such as https://relay.example.com"
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8787", "https://relay.example.com", "http://[::1]:8787/base", "HTTP://localhost"])
+def test_check_http_url_accepts(url):
+    """http and https URLs with a host and an optional port and path pass."""
+    check_http_url("--relay", url, "https://relay.example.com")
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("127.0.0.1:8787", "invalid --relay '127.0.0.1:8787': the URL needs http:// or https:// in front, such as http://127.0.0.1:8787"),
+        ("", "invalid --relay '': give a URL such as https://relay.example.com"),
+        ("ws://127.0.0.1:8787", "invalid --relay 'ws://127.0.0.1:8787': use an http:// or https:// URL, not ws://"),
+        ("http://127.0.0.1:65536", "invalid --relay 'http://127.0.0.1:65536': port 65536 is out of range; use a port from 1 to 65535"),
+        ("http://relay/?x=1", "invalid --relay 'http://relay/?x=1': the URL takes no query or fragment"),
+    ],
+)
+def test_check_http_url_rejects(url, message):
+    """Each invalid relay URL is named with what is wrong."""
+    with pytest.raises(UsageError) as caught:
+        check_http_url("--relay", url, "https://relay.example.com")
+    assert str(caught.value) == message
+
+
+def test_unknown_keys_named_with_guess():
+    """Keys and tables no option reads are listed, with the closest known name."""
+    known = {"": {"relay", "max_attempts", "as_json"}, "listen": {"relay", "max_attempts"}, "serve": {"port"}, "channel": set(), "events": set()}
+    config = {"relay": "http://a", "json": True, "relya": "x", "listen": {"max-attemps": 3, "max-attempts": 3}, "lisen": {}, "serve": {"port": 1}}
+
+    assert unknown_keys(config, known) == [
+        "unknown key 'relya' is ignored; did you mean 'relay'?",
+        "unknown key 'max-attemps' in [listen] is ignored; did you mean 'max-attempts'?",
+        "unknown table [lisen] is ignored; did you mean 'listen'?",
+    ]
+
+
+def test_config_section_must_be_table(tmp_path):
+    """A command's name given a plain value instead of a table is an error naming the file."""
+    path = tmp_path / "config.toml"
+    path.write_text("listen = 5\n")
+    with pytest.raises(UsageError) as caught:
+        load_config_file(path)
+    assert str(caught.value) == f"invalid listen 5 in {path}: it must be a table, [listen]"
+
+
+# -- the config file as the `hookrelay` command reads it ------------------------
+
+EXIT_USAGE = 2
+
+
+def write_config(runner, text: str) -> Path:
+    path = runner.log_dir / "config" / "config.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+async def test_unknown_config_key_warns(runner):
+    """An unknown key is reported on stderr with the file and the key, and the command still runs."""
+    path = write_config(runner, 'relay = "http://127.0.0.1:9"\nrelya = "x"\n\n[listen]\nmax-attemps = 3\n')
+
+    exit_code, stdout, stderr = await runner.run(["channel", "list", "--json"])
+
+    assert exit_code == 0, stderr
+    assert json.loads(stdout) == []
+    assert stderr.splitlines() == [
+        f"hookrelay: warning: {path}: unknown key 'relya' is ignored; did you mean 'relay'?",
+        f"hookrelay: warning: {path}: unknown key 'max-attemps' in [listen] is ignored; did you mean 'max-attempts'?",
+    ]
+
+
+async def test_known_config_keys_no_warning(runner):
+    """Keys of options, at the top level and in every table, raise no warning."""
+    write_config(
+        runner,
+        'relay = "http://127.0.0.1:9"\njson = true\n\n[listen]\nforward = "3000"\nmax-attempts = 20\nfilter = "json:a"\n\n'
+        '[serve]\nport = 8787\n\n[channel]\nresponse = "sync"\n\n[events]\ntype = "push"\nlimit = 5\n',
+    )
+
+    exit_code, _, stderr = await runner.run(["channel", "list"])
+
+    assert exit_code == 0, stderr
+    assert stderr == ""
+
+
+async def test_bad_config_value_names_file(runner):
+    """A value of the wrong type in the file is a usage error naming the file and the key, not the variable."""
+    path = write_config(runner, '[listen]\nmax-attempts = "lots"\n')
+
+    exit_code, _, stderr = await runner.run(["listen", "--relay", "http://127.0.0.1:9", "--channel", "c", "--token", "t"])
+
+    assert exit_code == EXIT_USAGE, stderr
+    assert stderr.startswith(f"hookrelay: error: invalid max-attempts 'lots' in {path}: "), stderr
+    assert "HOOKRELAY_MAX_ATTEMPTS" not in stderr
+    assert stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        pytest.param('relay = "127.0.0.1:8787"\n', "invalid --relay '127.0.0.1:8787' in {path}: the URL needs http://", id="relay"),
+        pytest.param('[listen]\nforward = "ftp://x"\n', "invalid --forward 'ftp://x' in {path}: use a port (8000)", id="forward"),
+    ],
+)
+async def test_invalid_config_value_names_file(text, message, runner):
+    """A value that the command rejects names the config file it came from."""
+    path = write_config(runner, text)
+
+    exit_code, _, stderr = await runner.run(["listen", "--channel", "c", "--token", "t"])
+
+    assert exit_code == EXIT_USAGE, stderr
+    assert stderr.startswith("hookrelay: error: " + message.format(path=path)), stderr
