@@ -118,7 +118,7 @@ def listen(
     console = ListenerConsole(
         stderr, target, json_out=sys.stdout if as_json else None, public_url=saved.url, router=router,
         # The banner may go to a log file; the token is shown on a terminal only.
-        inspector_url=inspector_url(relay, saved.url, saved.channel, saved.token if stderr.is_terminal else None),
+        inspector_link=lambda ingest_url: inspector_url(relay, ingest_url, saved.channel, saved.token if stderr.is_terminal else None),
     )
     try:
         stopped_by = run_until_stopped(lambda stop: run_listener(config, console, stop))

@@ -56,14 +56,15 @@ class ListenerConsole:
         json_out: TextIO | None = None,
         public_url: str = "",
         router: Router | None = None,
-        inspector_url: str = "",
+        inspector_link: Callable[[str], str] | None = None,
     ) -> None:
         self.console = console
         self.target = target
         self.router = router or Router(default=target)
         self.json_out = json_out
         self.public_url = public_url
-        self.inspector_url = inspector_url
+        # Builds the inspector link from the ingest URL of the relay connected to.
+        self.inspector_link = inspector_link
         self.group = ""
         self._connections = 0
         self._draining = 0
@@ -93,9 +94,9 @@ class ListenerConsole:
             body.append(f"{'Forwarding' if index == 0 else '':<12}{line}\n")
         body.append(f"Channel     {welcome.channel}   group {welcome.group}")
         self._print(Panel(body, title="hookrelay listening", expand=False))
-        if self.inspector_url:
+        if self.inspector_link is not None:
             # Outside the panel, so that the long link is never wrapped.
-            self._print(Text(f"Inspector   {self.inspector_url}"))
+            self._print(Text(f"Inspector   {self.inspector_link(url)}"))
 
     def disconnected(self, reason: str, retry_in: float) -> None:
         self._print(Text(f"connection lost: {printable(reason)}; reconnecting in {retry_in:.1f} s", style="yellow"))

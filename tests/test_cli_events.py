@@ -3,6 +3,7 @@
 import asyncio
 import json
 import re
+import socket
 import subprocess
 
 from tests.support.api import ChannelApi, decode_raw
@@ -14,6 +15,8 @@ from tests.support.signatures import verify_github
 from tests.support.timing import MS
 
 DELIVERY_TIMEOUT = 15_000 * MS
+# The listener moves to the next --relay after a backoff of about half a second.
+RECONNECT_ALLOWANCE = 5_000 * MS
 
 # ExitStatus values of the CLI.
 EXIT_ERROR = 1
@@ -325,3 +328,18 @@ async def test_listen_banner_shows_inspector_link(runner, shared_relay, target):
 
     assert match.group(1) == f"{shared_relay.url}/inspect/{channel.id}"
     assert channel.token not in listener.stderr_text()
+
+
+async def test_inspector_link_names_connected_relay(runner, shared_relay, target):
+    """With several --relay URLs, the inspector link points at the relay the listener connected to."""
+    channel = await runner.create_channel(shared_relay.url)
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    dead_relay = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    try:
+        listener = runner.start_listener(f"{dead_relay},{shared_relay.url}", channel, target.authority)
+        match = await listener.wait_for_stderr(re.compile(r"Inspector +(\S+)"), DELIVERY_TIMEOUT + RECONNECT_ALLOWANCE)
+    finally:
+        closed.close()
+
+    assert match.group(1) == f"{shared_relay.url}/inspect/{channel.id}"
