@@ -37,6 +37,7 @@ ERROR_ANSWER = {"error": str, "message": str}
 CREATED = {"channel": str, "url": str, "token": str}
 CHANNEL_INFO = {
     "channel": str, "url": str, "backlog": int, "listeners": int,
+    "response": {"mode": str, "timeout": _NUMBER, "fallback": int},
     "verify": Nullable(dict), "dedupe_window": _NUMBER, "event_type": Nullable(dict), "counts": dict,
 }
 ROTATED = {"channel": str, "token": str}

@@ -141,7 +141,7 @@ def serve(
     retention_age: Annotated[str, typer.Option(envvar="HOOKRELAY_RETENTION_AGE", help="Events older than this are deleted (7d, 12h).")] = "7d",
     retention_events: Annotated[int, typer.Option(envvar="HOOKRELAY_RETENTION_EVENTS", min=1, help="Events kept per channel; ingest returns 429 when all are unacknowledged.")] = 100_000,
     admin_token: AdminTokenOption = None,
-    window: Annotated[int, typer.Option(envvar="HOOKRELAY_WINDOW", min=1, max=10_000, help="Most events in flight per listener; a listener asks for 4 x its --concurrency.")] = 512,
+    window: Annotated[int, typer.Option(envvar="HOOKRELAY_WINDOW", min=1, max=10_000, help="Maximum events in flight per listener; a listener requests 4 x its --concurrency.")] = 512,
     heartbeat: Annotated[str, typer.Option(envvar="HOOKRELAY_HEARTBEAT", help="Ping interval for listener connections.")] = "10s",
     log_level: Annotated[str, typer.Option(envvar="HOOKRELAY_LOG_LEVEL", help="debug, info, warning or error.")] = "info",
     max_headers: cli_security.MaxHeadersOption = 100,
@@ -265,7 +265,7 @@ def channel_show(
     token: TokenOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show a channel's URL, backlog and connected listeners."""
+    """Show a channel's URL, backlog per consumer group, response mode and connected listeners."""
     saved, _ = asyncio.run(resolve_channel(relay, channel, token, None, ChannelBook()))
     info = asyncio.run(api_client.show_channel(relay, saved.channel, saved.token))
     if as_json:
@@ -273,6 +273,11 @@ def channel_show(
         return
     for key in ("channel", "url", "backlog", "listeners"):
         print(f"{key:<10} {info[key]}")
+    groups = info.get("groups") or {}
+    if groups:
+        print(f"{'groups':<10} " + ", ".join(f"{name} {count}" for name, count in groups.items()))
+    response = info["response"]
+    print(f"{'response':<10} {response['mode']}, timeout {response['timeout']:g} s, fallback {response['fallback']}")
     for line in cli_security.describe_settings(info):
         print(line)
 

@@ -99,6 +99,7 @@ async def show_channel(request: web.Request, channel_id: str) -> web.Response:
         "created_at": channel.created_at,
         "response": ResponseSettings.of(channel.settings).to_dict(),
         "backlog": await state.store.backlog(channel_id, DEFAULT_GROUP),
+        "groups": {group: await state.store.backlog(channel_id, group) for group in await state.store.list_groups(channel_id)},
         "listeners": await state.hub.count_listeners(channel_id),
         **public_view(channel.settings),
         "counts": state.guard.counters.of_channel(channel_id),

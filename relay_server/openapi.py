@@ -76,6 +76,11 @@ SCHEMAS: dict[str, Schema] = {
         "created_at": {"type": "number", "description": "Unix time in seconds."},
         "response": _ref("ResponseSettings"),
         "backlog": {"type": "integer", "description": "Events the default group has still to acknowledge."},
+        "groups": {
+            "type": "object",
+            "description": "Every consumer group of the channel, with the events it has still to acknowledge.",
+            "additionalProperties": {"type": "integer"},
+        },
         "listeners": {"type": "integer", "description": "Listener sessions connected to this relay process."},
     }),
     "ChannelPatch": {

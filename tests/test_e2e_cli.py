@@ -1,13 +1,19 @@
 """Command-line basics: every failure exits with its status and one line, and remembered channels are listed."""
 
 import json
+import re
 
 import pytest
 import pytest_asyncio
 from aiohttp import web
 
+from tests.support.api import api_request, poll
+from tests.support.checks import post_webhook
+from tests.support.timing import MS
+
 # ExitStatus.USAGE of the CLI.
 EXIT_USAGE = 2
+CONNECT_TIMEOUT = 15_000 * MS
 
 
 @pytest.mark.parametrize(
@@ -299,3 +305,32 @@ async def test_verify_missing_settings_named(arguments, message, runner, shared_
     assert exit_code == EXIT_USAGE, stderr
     assert "None" not in stderr
     assert stderr == f"hookrelay: error: relay {shared_relay.url} rejected the request: HTTP 400: {message}\n"
+
+
+async def test_channel_show_lists_groups_and_response(runner, shared_relay, target):
+    """`channel show` names every consumer group with its backlog, and the response mode."""
+    channel = await runner.create_channel(shared_relay.url)
+    audit = runner.start_listener(shared_relay.url, channel, target.authority, "--group", "audit")
+    await audit.wait_for_stderr(re.compile(r"hookrelay listening"), CONNECT_TIMEOUT)
+    # The relay creates the group with the listener's first claim, just after the welcome.
+    await poll(
+        lambda: api_request(shared_relay.url, "GET", f"/api/channels/{channel.id}", token=channel.token),
+        lambda answer: "audit" in answer.body.get("groups", {}),
+        CONNECT_TIMEOUT,
+        "the audit group to exist",
+    )
+    audit.kill()
+    await audit.wait_for_exit(CONNECT_TIMEOUT)
+    await post_webhook(channel.url, b'{"held":1}')
+
+    code, stdout, stderr = await runner.run(
+        ["channel", "show", "--relay", shared_relay.url, "--channel", channel.id, "--token", channel.token]
+    )
+    _, json_out, _ = await runner.run(
+        ["channel", "show", "--relay", shared_relay.url, "--channel", channel.id, "--token", channel.token, "--json"]
+    )
+
+    assert code == 0, stderr
+    assert "groups     audit 1, default 1" in stdout.splitlines()
+    assert "response   async, timeout 5 s, fallback 202" in stdout.splitlines()
+    assert json.loads(json_out)["groups"] == {"audit": 1, "default": 1}

@@ -127,6 +127,16 @@ async def test_backlog_counts_pending_and_unread(store):
     assert await store.backlog("ch_a", "default") == 3
 
 
+async def test_list_groups_names_every_group(store):
+    """A new channel has the default group; a group appears once a listener of it claimed."""
+    before = await store.list_groups("ch_a")
+    await append_many(store, "ch_a", 2)
+    await store.claim("ch_a", "audit", "c1", 10)
+
+    assert before == ["default"]
+    assert await store.list_groups("ch_a") == ["audit", "default"]
+
+
 async def test_ack_of_unknown_event_is_ignored(store):
     """An ack for an event that is not pending removes nothing."""
     assert await store.ack("ch_a", "default", [delivered("evt_missing")]) == 0

@@ -216,6 +216,10 @@ class EventStore(abc.ABC):
         """Count the events ``group`` has still to acknowledge (pending plus unread)."""
 
     @abc.abstractmethod
+    async def list_groups(self, channel: str) -> list[str]:
+        """Return the names of the channel's consumer groups, sorted."""
+
+    @abc.abstractmethod
     async def update_settings(self, channel_id: str, settings: dict[str, Any]) -> ChannelRecord:
         """Replace a channel's settings and return the updated channel."""
 

@@ -368,6 +368,16 @@ class RedisStore(EventStore):
     async def backlog(self, channel: str, group: str) -> int:
         return int(await self._script("backlog", "BACKLOG", channel, [group]))
 
+    async def list_groups(self, channel: str) -> list[str]:
+        log_key = channel_keys(channel)[1]
+        try:
+            groups = await self._run("list groups", lambda: self._client.xinfo_groups(log_key))
+        except StoreError as exc:
+            if "no such key" in str(exc).lower():
+                return []
+            raise
+        return sorted(_as_text(group["name"]) for group in groups)
+
     async def record_attempt(self, channel: str, group: str, report: AttemptReport) -> None:
         line = _attempt_line(group, report.attempt, report.status, report.duration_ms, report.error, self._clock())
         await self._script("record attempt", "RECORD", channel, ["attempt", report.event_id, line])
@@ -528,6 +538,10 @@ def _entry_fields(event: NewEvent) -> list[Any]:
         if value is not None:
             fields += [name, repr(value) if isinstance(value, float) else value]
     return fields
+
+
+def _as_text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def _pairs(flat: Any) -> dict[bytes, bytes]:

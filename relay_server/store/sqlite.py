@@ -655,6 +655,12 @@ class SQLiteStore(EventStore):
 
         return await self._read(count)
 
+    async def list_groups(self, channel: str) -> list[str]:
+        def names(conn: sqlite3.Connection) -> list[str]:
+            return [name for (name,) in conn.execute("SELECT name FROM groups WHERE channel = ? ORDER BY name", (channel,))]
+
+        return await self._read(names)
+
     async def update_settings(self, channel_id: str, settings: dict[str, Any]) -> ChannelRecord:
         def update(conn: sqlite3.Connection) -> None:
             conn.execute("UPDATE channels SET settings = ? WHERE id = ?", (json.dumps(settings), channel_id))
