@@ -156,7 +156,8 @@ def replay_event(
         print(json.dumps(results))
     else:
         for result in results:
-            print(f"{result['id']} queued for group {result['group']}")
+            note = " (a new group: no listener has used it yet)" if result.get("new_group") else ""
+            print(f"{result['id']} queued for group {result['group']}{note}")
 
 
 @events_app.command("delete")

@@ -172,11 +172,14 @@ async def replay_event(request: web.Request, channel: str) -> web.Response:
     state: RelayState = request.app[STATE]
     group = request.query.get("group", DEFAULT_GROUP)
     event_id = request.match_info["event"]
+    # A replay to a group no listener has used yet creates it, which a typo
+    # in the name also does, so the answer says so.
+    new_group = group not in await state.store.list_groups(channel)
     if not await state.store.replay(channel, event_id, group):
         return _event_not_found(request)
-    logger.info("event replayed channel=%s event_id=%s group=%s", channel, event_id, group)
+    logger.info("event replayed channel=%s event_id=%s group=%s new_group=%s", channel, event_id, group, new_group)
     state.hub.notify(channel)
-    return web.json_response({"id": event_id, "group": group, "state": "pending"}, status=202)
+    return web.json_response({"id": event_id, "group": group, "state": "pending", "new_group": new_group}, status=202)
 
 
 @with_channel_token

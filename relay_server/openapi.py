@@ -157,10 +157,11 @@ SCHEMAS: dict[str, Schema] = {
             "answer": {"oneOf": [_ref("SenderAnswer"), {"type": "null"}]},
         },
     ),
-    "Replayed": _object(["id", "group", "state"], {
+    "Replayed": _object(["id", "group", "state", "new_group"], {
         "id": {"type": "string"},
         "group": {"type": "string"},
         "state": {"const": "pending"},
+        "new_group": {"type": "boolean", "description": "True when the replay created the group: no listener had used it."},
     }),
     "Accepted": _object(["id"], {"id": {"type": "string", "description": "The stored event's id."}}),
 }

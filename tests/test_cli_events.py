@@ -135,8 +135,8 @@ async def test_events_replay_json(runner, shared_relay, target):
     result = await run_json(runner, ["events", "replay", first, second, *channel_options(shared_relay.url, channel), "--json"])
 
     assert result == [
-        {"id": first, "group": "default", "state": "pending"},
-        {"id": second, "group": "default", "state": "pending"},
+        {"id": first, "group": "default", "state": "pending", "new_group": False},
+        {"id": second, "group": "default", "state": "pending", "new_group": False},
     ]
     await target.wait_for_requests(4, DELIVERY_TIMEOUT)
     assert target.event_ids == [first, second, first, second]
@@ -151,9 +151,23 @@ async def test_events_replay_other_group(runner, shared_relay, start_target):
 
     result = await run_json(runner, ["events", "replay", event_id, "--group", "audit", *channel_options(shared_relay.url, channel), "--json"])
 
-    assert result == [{"id": event_id, "group": "audit", "state": "pending"}]
+    # Whether the listener had created the group by then depends on timing.
+    assert [{key: row[key] for key in ("id", "group", "state")} for row in result] == [
+        {"id": event_id, "group": "audit", "state": "pending"}
+    ]
     received = await other.wait_for_event(event_id, DELIVERY_TIMEOUT)
     assert received.body == b'{"group": "audit"}'
+
+
+async def test_events_replay_new_group_noted(runner, shared_relay):
+    """`events replay` to a group no listener has used says that it is a new group."""
+    channel = await runner.create_channel(shared_relay.url)
+    event_id = await post_webhook(channel.url, b'{"typo": true}')
+
+    exit_code, stdout, stderr = await runner.run(["events", "replay", event_id, "--group", "neverseen", *channel_options(shared_relay.url, channel)])
+
+    assert exit_code == 0, stderr
+    assert stdout.strip() == f"{event_id} queued for group neverseen (a new group: no listener has used it yet)"
 
 
 async def test_events_delete(runner, shared_relay):

@@ -203,7 +203,7 @@ async def test_replay_same_group(runner, shared_relay, target, openapi):
     answer = await api.call("POST", f"/events/{event_id}/replay")
     assert answer.status == 202, answer.describe()
     check_schema(openapi, "Replayed", answer.body)
-    assert answer.body == {"id": event_id, "group": "default", "state": "pending"}
+    assert answer.body == {"id": event_id, "group": "default", "state": "pending", "new_group": False}
 
     await target.wait_for_requests(2, DELIVERY_TIMEOUT)
     second = target.requests[1]
@@ -225,7 +225,7 @@ async def test_replay_to_another_group(runner, shared_relay, start_target):
 
     answer = await api.call("POST", f"/events/{event_id}/replay", params={"group": "other"})
     assert answer.status == 202, answer.describe()
-    assert answer.body == {"id": event_id, "group": "other", "state": "pending"}
+    assert {key: answer.body[key] for key in ("id", "group", "state")} == {"id": event_id, "group": "other", "state": "pending"}
 
     received = await other_target.wait_for_event(event_id, DELIVERY_TIMEOUT)
     assert received.body == b'{"to": "other"}'
@@ -233,6 +233,22 @@ async def test_replay_to_another_group(runner, shared_relay, start_target):
     assert sorted(outcome["group"] for outcome in detail["outcomes"]) == ["default", "other"]
     assert main_target.event_ids == [event_id]
     assert other_target.event_ids == [event_id]
+
+
+async def test_replay_names_new_group(runner, shared_relay, openapi):
+    """A replay to a group no listener has used says that it created the group; one to a known group does not."""
+    channel, api = await new_channel(runner, shared_relay)
+    event_id = await post_webhook(channel.url, b'{"typo": true}')
+
+    known = await api.call("POST", f"/events/{event_id}/replay")
+    typo = await api.call("POST", f"/events/{event_id}/replay", params={"group": "neverseen"})
+    again = await api.call("POST", f"/events/{event_id}/replay", params={"group": "neverseen"})
+
+    assert known.status == typo.status == again.status == 202
+    assert known.body["new_group"] is False
+    assert typo.body["new_group"] is True
+    assert again.body["new_group"] is False
+    check_schema(openapi, "Replayed", typo.body)
 
 
 async def test_delete_event(runner, shared_relay, openapi):
