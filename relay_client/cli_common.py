@@ -120,6 +120,14 @@ def known_channel(relay: str, channel: str | None, token: str | None) -> SavedCh
     if channel is None and book.default_for(relay) is None:
         raise UsageError("--channel", None, f"no channel is remembered for relay {relay}; pass --channel and --token")
     saved, _ = asyncio.run(resolve_channel(relay, channel or book.default_for(relay).channel, token, None, book))
+    if channel is None and book.count_for(relay) > 1:
+        # Several remembered channels: a command about the wrong one would look like missing events.
+        stderr.print(
+            f"hookrelay: using channel {saved.channel}, the first remembered for relay {relay};"
+            " pass --channel for another (hookrelay channel list)",
+            markup=False,
+            highlight=False,
+        )
     return saved
 
 

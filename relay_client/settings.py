@@ -156,6 +156,10 @@ class ChannelBook:
         saved = self.load().get(_relay_key(relay), [])
         return saved[0] if saved else None
 
+    def count_for(self, relay: str) -> int:
+        """Return how many channels are remembered for ``relay``."""
+        return len(self.load().get(_relay_key(relay), []))
+
     def find(self, relay: str, channel: str) -> SavedChannel | None:
         return next((item for item in self.load().get(_relay_key(relay), []) if item.channel == channel), None)
 

@@ -357,3 +357,16 @@ async def test_inspector_link_names_connected_relay(runner, shared_relay, target
         closed.close()
 
     assert match.group(1) == f"{shared_relay.url}/inspect/{channel.id}"
+
+
+async def test_remembered_channel_named_when_several(runner, shared_relay):
+    """Without --channel, a command names the remembered channel it used once there are several to pick from."""
+    first = await runner.create_channel(shared_relay.url)
+    alone_code, _, alone = await runner.run(["events", "list", "--relay", shared_relay.url])
+    await runner.create_channel(shared_relay.url)
+    several_code, _, several = await runner.run(["events", "list", "--relay", shared_relay.url])
+
+    assert alone_code == 0, alone
+    assert several_code == 0, several
+    assert "using channel" not in alone
+    assert f"hookrelay: using channel {first.id}, the first remembered for relay {shared_relay.url};" in several
