@@ -227,7 +227,7 @@ def send(
     method: Annotated[str, typer.Option(help="HTTP method.")] = "POST",
     path: Annotated[str, typer.Option(help="Path and query below the channel URL, e.g. /github?x=1.")] = "",
     header: Annotated[Optional[list[str]], typer.Option("--header", "-H", help="Extra header 'Name: value'; repeatable.", show_default=False)] = None,
-    github_secret: Annotated[Optional[str], typer.Option(help="Sign the body as GitHub does (X-Hub-Signature-256).", show_default=False)] = None,
+    github_secret: Annotated[Optional[str], typer.Option(help="Sign the body as GitHub does (X-Hub-Signature-256, X-GitHub-Delivery); name the event with -H 'X-GitHub-Event: push'.", show_default=False)] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Post a test webhook to a channel."""
