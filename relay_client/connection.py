@@ -61,6 +61,8 @@ class ListenerEvents(Protocol):
 
     def finished(self, event: Event, result: DeliveryResult) -> None: ...
 
+    def acknowledged_again(self, event: Event) -> None: ...
+
 
 class Listener:
     """Keeps one websocket to the relay open and drives deliveries over it."""
@@ -209,6 +211,7 @@ class Listener:
         # redelivery of an unacknowledged event reuses the remembered result.
         if event.id in self._finished and event.delivery_count > 1:
             logger.info("redelivery acknowledged from the remembered result event_id=%s", event.id)
+            self.events.acknowledged_again(event)
             return self._finished[event.id]
         running = self._running.get(event.id)
         if running is not None:

@@ -118,16 +118,24 @@ class ListenerConsole:
             # Rendering with Rich cost about a third of the listener's CPU per
             # event when measured with scripts/bench, so other streams get plain text.
             self._lines.write("".join(text for text, _ in parts) + "\n")
-        if self._draining:
-            self._drained += 1
-            if self._drained >= self._draining or self._drained % 100 == 0:
-                self._print(Text(f"drained {self._drained} of {self._draining} held events", style="yellow"))
-            if self._drained >= self._draining:
-                self._draining = 0
+        self._count_drained()
         if self._json_lines is not None:
             route = self.router.resolve(event)
             record = delivery_record(event, result, route.target if route else None, self.group)
             self._json_lines.write(json_line(record))
+
+    def acknowledged_again(self, event: Event) -> None:
+        """Count a redelivered event that was acknowledged from an earlier result; its line was printed then."""
+        self._count_drained()
+
+    def _count_drained(self) -> None:
+        if not self._draining:
+            return
+        self._drained += 1
+        if self._drained >= self._draining or self._drained % 100 == 0:
+            self._print(Text(f"drained {self._drained} of {self._draining} held events", style="yellow"))
+        if self._drained >= self._draining:
+            self._draining = 0
 
     def flush(self) -> None:
         """Write the delivery lines and JSON records still buffered."""

@@ -1,8 +1,14 @@
-"""The listener's --json lines: one compact JSON object per line, in ASCII whatever the path holds."""
+"""The listener console: --json lines in compact ASCII JSON, and the drain progress after a reconnect."""
 
+import dataclasses
+import io
 import json
 
-from relay_client.console import json_line
+from rich.console import Console
+
+from relay_client.config import parse_target
+from relay_client.console import ListenerConsole, json_line
+from relay_server.protocol import DeliveryResult, Event, Welcome
 
 
 def test_json_line_is_one_line_that_parses_back():
@@ -21,3 +27,19 @@ def test_json_line_escapes_text_beyond_ascii():
     assert line.isascii()
     assert line.count("\n") == 1
     assert json.loads(line) == record
+
+
+def test_drain_counts_events_acknowledged_again():
+    """A held event acknowledged from a remembered result counts towards the drain, so the drain line still comes."""
+    output = io.StringIO()
+    console = ListenerConsole(Console(file=output, width=200), parse_target("127.0.0.1:9"))
+    welcome = Welcome(channel="ch_a", group="default", consumer="c", window=4, max_body=1024, backlog=2, heartbeat=10.0)
+    event = Event(id="evt_1", channel="ch_a", seq=1, method="POST", target=b"", headers=(), body=b"{}", received_at=0.0)
+
+    console.connected(welcome)
+    console.finished(event, DeliveryResult("evt_1", "delivered", 200))
+    console.acknowledged_again(dataclasses.replace(event, id="evt_2", seq=2, delivery_count=2))
+    console.flush()
+
+    assert "draining 2 held events" in output.getvalue()
+    assert "drained 2 of 2 held events" in output.getvalue()
