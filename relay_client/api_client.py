@@ -35,16 +35,14 @@ _NUMBER = (int, float)
 _PAIRS = [[str]]
 ERROR_ANSWER = {"error": str, "message": str}
 CREATED = {"channel": str, "url": str, "token": str}
+RESPONSE_SETTINGS = {"mode": str, "timeout": _NUMBER, "fallback": int}
+SECURITY_SETTINGS = {"verify": Nullable(dict), "dedupe_window": _NUMBER, "event_type": Nullable(dict)}
 CHANNEL_INFO = {
     "channel": str, "url": str, "backlog": int, "listeners": int,
-    "response": {"mode": str, "timeout": _NUMBER, "fallback": int},
-    "verify": Nullable(dict), "dedupe_window": _NUMBER, "event_type": Nullable(dict), "counts": dict,
+    "response": RESPONSE_SETTINGS, **SECURITY_SETTINGS, "counts": dict,
 }
 ROTATED = {"channel": str, "token": str}
-UPDATED = {
-    "channel": str, "response": {"mode": str, "timeout": _NUMBER, "fallback": int},
-    "verify": Nullable(dict), "dedupe_window": _NUMBER, "event_type": Nullable(dict),
-}
+UPDATED = {"channel": str, "response": RESPONSE_SETTINGS, **SECURITY_SETTINGS}
 EVENT_SUMMARY = {
     "id": str, "received_at": _NUMBER, "method": str, "path": str, "event_type": Nullable(str),
     "state": str, "status": Nullable(int), "attempts": int,

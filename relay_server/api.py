@@ -93,13 +93,14 @@ async def show_channel(request: web.Request, channel_id: str) -> web.Response:
     state: RelayState = request.app[STATE]
     channel = await state.store.get_channel(channel_id)
     assert channel is not None
+    groups = {group: await state.store.backlog(channel_id, group) for group in await state.store.list_groups(channel_id)}
     body = {
         "channel": channel_id,
         "url": state.ingest_url(channel_id),
         "created_at": channel.created_at,
         "response": ResponseSettings.of(channel.settings).to_dict(),
-        "backlog": await state.store.backlog(channel_id, DEFAULT_GROUP),
-        "groups": {group: await state.store.backlog(channel_id, group) for group in await state.store.list_groups(channel_id)},
+        "backlog": groups[DEFAULT_GROUP] if DEFAULT_GROUP in groups else await state.store.backlog(channel_id, DEFAULT_GROUP),
+        "groups": groups,
         "listeners": await state.hub.count_listeners(channel_id),
         **public_view(channel.settings),
         "counts": state.guard.counters.of_channel(channel_id),

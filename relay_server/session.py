@@ -155,14 +155,15 @@ class ListenerSession:
         packed: list[bytes] = []
         size = 0
         for frame in frames:
-            if packed and (size + len(frame) > BATCH_BYTES or len(frame) > PACK_LIMIT):
+            alone = len(frame) > PACK_LIMIT
+            if packed and (alone or size + len(frame) > BATCH_BYTES):
                 await self._send_packed(packed)
                 packed, size = [], 0
-            if len(frame) > PACK_LIMIT:
+            if alone:
                 await self.ws.send_bytes(frame)
-                continue
-            packed.append(frame)
-            size += len(frame)
+            else:
+                packed.append(frame)
+                size += len(frame)
         if packed:
             await self._send_packed(packed)
 
