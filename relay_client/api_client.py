@@ -1,8 +1,8 @@
 """Calls to the relay's HTTP API, with errors converted at this boundary.
 
-Every response is checked against the status and the JSON shape a
-hookrelay relay sends for that request, so a server that is not a relay
-(or is another version) ends in :class:`NotARelay` instead of a
+Every response is checked against the status and the JSON shape that a
+hookrelay relay sends for that request. A server that is not a relay, or
+runs another version, then ends in :class:`NotARelay` instead of a
 ``KeyError`` deep in a command. The shapes list only the fields the CLI
 reads.
 """
@@ -70,17 +70,17 @@ async def request_json(
     channel: str = "",
     body: dict[str, Any] | None = None,
 ) -> Any:
-    """Send one API request and return its JSON answer; raises the listener's own errors.
+    """Send one API request and return its JSON response body; raises the listener's own errors.
 
-    ``expect`` is the status and the shape of the relay's answer. A 401 on a
-    channel's path raises :class:`Unauthorized`, any other error answer
-    :class:`RelayRejected`.
+    ``expect`` is the status and the shape of the relay's response. A 401 on
+    a channel's path raises :class:`Unauthorized`, and any other error
+    response :class:`RelayRejected`.
     """
     request = f"{method} {path.partition('?')[0]}"
     status, text = await _send(method, relay, path, token, body)
     answer = _parse(relay, request, status, text)
     if status >= 400:
-        _raise_refusal(relay, request, status, answer, channel)
+        _raise_rejection(relay, request, status, answer, channel)
     expected_status, shape = expect
     if status != expected_status:
         raise NotARelay(relay, request, f"HTTP {status} where the relay sends {expected_status}")
@@ -113,7 +113,7 @@ def _parse(relay: str, request: str, status: int, text: str) -> Any:
         raise NotARelay(relay, request, f"HTTP {status} with a body that is not JSON") from None
 
 
-def _raise_refusal(relay: str, request: str, status: int, answer: Any, channel: str) -> None:
+def _raise_rejection(relay: str, request: str, status: int, answer: Any, channel: str) -> None:
     if shape_problem(answer, ERROR_ANSWER) is not None:
         raise NotARelay(relay, request, f"HTTP {status} without the relay's JSON error fields")
     if status == 401 and channel:
@@ -122,8 +122,8 @@ def _raise_refusal(relay: str, request: str, status: int, answer: Any, channel: 
 
 
 def shape_problem(value: Any, shape: Any, path: str = "") -> str | None:
-    """Return why ``value`` does not have ``shape``, or None when it has; ``path`` locates ``value`` in the answer."""
-    where = f'field "{path}"' if path else "the answer"
+    """Return why ``value`` does not have ``shape``, or None when it has; ``path`` locates ``value`` in the response."""
+    where = f'field "{path}"' if path else "the response"
     if isinstance(shape, Nullable):
         return None if value is None else shape_problem(value, shape.shape, path)
     if isinstance(shape, dict):

@@ -110,7 +110,7 @@ def listen(
         event_filter=event_filter,
         router=router,
         sign_secret=sign_secret,
-        # Enough prefetch that workers never wait for the next claim, but
+        # Enough prefetch that workers seldom wait for the next claim, but
         # little: events held by a busy listener are events its group peers
         # cannot take.
         window=4 * concurrency,

@@ -332,7 +332,7 @@ def convert_handshake_error(exc: Exception, relay: str, channel: str) -> Excepti
         if status in (408, 425, 429) or status >= 500:
             # A proxy or relay node that is starting, overloaded or away: try again.
             return RelayUnreachable(relay, f"HTTP {status} during the websocket handshake")
-        # Any other answer comes from a server that is not a relay; retrying cannot help.
+        # Any other status comes from a server that is not a relay, so a retry cannot help.
         return RelayRejected(relay, status, "the server answered without a websocket upgrade; check that --relay is a hookrelay relay")
     if isinstance(exc, InvalidHandshake):
         return RelayUnreachable(relay, f"websocket handshake failed: {exc}")

@@ -33,10 +33,10 @@ class RelayUnreachable(ClientError):
 
 
 class NotARelay(ClientError):
-    """The server at ``relay`` sent an answer that no hookrelay relay sends.
+    """The server at ``relay`` sent a response that no hookrelay relay sends.
 
-    ``request`` is the request line without its query (``GET /api/…``) and
-    ``reason`` says what was wrong with the answer.
+    ``request`` is the request line without its query (``GET /api/…``), and
+    ``reason`` names the defect of the response.
     """
 
     def __init__(self, relay: str, request: str, reason: str) -> None:

@@ -1,7 +1,7 @@
 """The listener's retry policy, in one place.
 
 Retryable: no HTTP answer at all (connection refused or reset, timeout) and
-the statuses 408, 425, 429 and 5xx, except 501 and 505. Every other answer,
+the statuses 408, 425, 429 and 5xx, except 501 and 505. Every other status,
 4xx and 3xx included, is the target's decision about the event and is final.
 501 (method not implemented) and 505 (HTTP version not supported) say that
 the target cannot handle this kind of request at all, so a retry cannot help.

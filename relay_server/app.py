@@ -126,7 +126,7 @@ async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> N
 
 
 async def _start_site(site: GuardedSite, config: ServerConfig) -> None:
-    """Bind the listening socket, or raise ListenError that says which option to change."""
+    """Bind the listening socket, or raise ListenError naming the option to change."""
     address = f"{config.host}:{config.port}"
     try:
         await site.start()

@@ -172,8 +172,8 @@ async def replay_event(request: web.Request, channel: str) -> web.Response:
     state: RelayState = request.app[STATE]
     group = request.query.get("group", DEFAULT_GROUP)
     event_id = request.match_info["event"]
-    # A replay to a group no listener has used yet creates it, which a typo
-    # in the name also does, so the answer says so.
+    # A replay to a group no listener has used yet creates it, even a group
+    # named by a typo, so the response reports it.
     new_group = group not in await state.store.list_groups(channel)
     if not await state.store.replay(channel, event_id, group):
         return _event_not_found(request)

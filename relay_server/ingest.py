@@ -83,7 +83,7 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes |
 
 @web.middleware
 async def ingest_not_found(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer URLs under the ingest prefix that match no route, such as ``/h/``, in JSON like the rest of ingest."""
+    """Respond in JSON, like the rest of ingest, to URLs under the ingest prefix that match no route, such as ``/h/``."""
     try:
         return await handler(request)
     except web.HTTPNotFound:

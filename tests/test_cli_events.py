@@ -160,7 +160,7 @@ async def test_events_replay_other_group(runner, shared_relay, start_target):
 
 
 async def test_events_replay_new_group_noted(runner, shared_relay):
-    """`events replay` to a group no listener has used says that it is a new group."""
+    """`events replay` to a group no listener has used notes that the group is new."""
     channel = await runner.create_channel(shared_relay.url)
     event_id = await post_webhook(channel.url, b'{"typo": true}')
 

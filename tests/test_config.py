@@ -66,7 +66,7 @@ def test_listen_url_carries_group_and_window():
      (400, False), (404, False), (302, False), (200, False)],
 )
 def test_retryable_statuses(status, retryable):
-    """408, 425, 429 and 5xx but 501 and 505 are retried; other answers are final."""
+    """408, 425, 429 and 5xx but 501 and 505 are retried, and other statuses are final."""
     assert is_retryable_status(status) is retryable
 
 

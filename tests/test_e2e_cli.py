@@ -66,7 +66,7 @@ def check_one_error_line(stderr: str) -> None:
 
 @pytest_asyncio.fixture
 async def start_server():
-    """A factory of aiohttp servers on 127.0.0.1 that answer every request with `handler`, stopped in teardown."""
+    """Start aiohttp servers on 127.0.0.1 that handle every request with `handler`, and stop them in teardown."""
     runners: list[web.AppRunner] = []
 
     async def start(handler) -> str:
@@ -157,7 +157,7 @@ async def test_channel_creation_on_json_server(arguments, reason, runner, start_
     ],
 )
 async def test_wrong_answers_named(handler, reason, runner, start_server):
-    """Answers that are not JSON, errors without the relay's fields and wrong items say what was wrong."""
+    """A response that is not JSON, an error without the relay's fields or a wrong item is named in the error."""
     url = await start_server(handler)
 
     exit_code, _, stderr = await runner.run(["events", "list", "--relay", url, "--channel", "ch_x", "--token", "t"])
@@ -192,7 +192,7 @@ async def test_damaged_channel_file(runner):
 
 
 async def test_admin_token_missing_or_wrong(runner, tmp_path):
-    """A relay with an admin token answers a missing or wrong one with exit 3 and says how to pass it."""
+    """A missing or wrong admin token exits 3, and the error names the option that passes it."""
     relay = await runner.start_relay(tmp_path / "data", "--admin-token", ADMIN_TOKEN)
     fix = "pass the relay's admin token with --admin-token or set HOOKRELAY_ADMIN_TOKEN"
 
@@ -232,7 +232,7 @@ RELAY_COMMANDS = [
 @pytest.mark.parametrize(("relay", "problem"), RELAY_URL_ERRORS)
 @pytest.mark.parametrize("arguments", RELAY_COMMANDS)
 async def test_invalid_relay_url_usage_error(arguments, relay, problem, runner):
-    """An invalid --relay is a usage error that says what is wrong, not an unreachable relay."""
+    """An invalid --relay is a usage error that names the defect, not an unreachable relay."""
     exit_code, stdout, stderr = await runner.run([*arguments, "--relay", relay])
 
     assert exit_code == EXIT_USAGE, stderr

@@ -191,7 +191,7 @@ async def test_second_relay_on_same_data_folder_refused(runner, target, tmp_path
 
 
 async def test_listener_against_non_relay_exits(runner, tmp_path):
-    """A --relay that answers 200 to the websocket handshake is not a relay: the listener says so and exits 1."""
+    """A --relay that returns 200 to the websocket handshake is not a relay, so the listener reports it and exits 1."""
     async def web_page(request: web.Request) -> web.Response:
         return web.Response(text="<html>a web page</html>", content_type="text/html")
 

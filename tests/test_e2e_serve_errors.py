@@ -17,7 +17,7 @@ def _error_lines(stderr: str) -> list[str]:
 
 
 async def test_port_in_use_is_one_line(runner, tmp_path):
-    """A port that another socket holds is named, with what to do."""
+    """A port in use by another socket is named in the error, with what to do."""
     holder = socket.socket()
     holder.bind(("127.0.0.1", 0))
     holder.listen()

@@ -236,7 +236,7 @@ async def test_replay_to_another_group(runner, shared_relay, start_target):
 
 
 async def test_replay_names_new_group(runner, shared_relay, openapi):
-    """A replay to a group no listener has used says that it created the group; one to a known group does not."""
+    """A replay to a group no listener has used reports new_group true; one to a known group reports false."""
     channel, api = await new_channel(runner, shared_relay)
     event_id = await post_webhook(channel.url, b'{"typo": true}')
 
