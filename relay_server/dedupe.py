@@ -22,31 +22,44 @@ from collections.abc import Callable
 from typing import Any
 
 from relay_server.errors import ConfigError
-from relay_server.event_types import lazy_payload
+from relay_server.event_types import lazy_payload, lowered_headers
 
 DEFAULT_WINDOW = 24 * 3600.0
 MAX_WINDOW = 30 * 24 * 3600.0
 _MAX_ID_LENGTH = 200
+# Headers that carry a provider's delivery id, checked in this order.
+_ID_HEADERS = ((b"x-github-delivery", "github"), (b"webhook-id", "webhook"), (b"svix-id", "webhook"))
 
 Headers = tuple[tuple[bytes, bytes], ...]
 
 
-def dedupe_key(headers: Headers, body: bytes, *, payload: Callable[[], Any] | None = None) -> str | None:
+def dedupe_key(
+    headers: Headers,
+    body: bytes,
+    *,
+    payload: Callable[[], Any] | None = None,
+    lowered: dict[bytes, bytes] | None = None,
+) -> str | None:
     """Return ``provider:id`` for a request that carries a provider's delivery id, else None.
 
-    ``payload`` is the request's :func:`~relay_server.event_types.lazy_payload`.
+    ``payload`` is the request's :func:`~relay_server.event_types.lazy_payload`
+    and ``lowered`` its :func:`~relay_server.event_types.lowered_headers`.
     """
-    lowered = {name.lower(): value for name, value in reversed(headers)}
-    for header, provider in ((b"x-github-delivery", "github"), (b"webhook-id", "webhook"), (b"svix-id", "webhook")):
-        value = lowered.get(header, b"").decode("latin-1").strip()
-        if 0 < len(value) <= _MAX_ID_LENGTH:
-            return f"{provider}:{value}"
-    return _slack_key(lowered) or _stripe_key(lowered, payload or lazy_payload(headers, body))
+    if lowered is None:
+        lowered = lowered_headers(headers)
+    for header, provider in _ID_HEADERS:
+        value = lowered.get(header)
+        if value is None:
+            continue
+        text = value.decode("latin-1").strip()
+        if 0 < len(text) <= _MAX_ID_LENGTH:
+            return f"{provider}:{text}"
+    return _slack_key(lowered) or _stripe_key(lowered, payload or lazy_payload(headers, body, lowered=lowered))
 
 
 def retry_note(headers: Headers) -> str | None:
     """Describe a provider's retry marker (Slack's retry number and reason), if the request has one."""
-    lowered = {name.lower(): value for name, value in reversed(headers)}
+    lowered = lowered_headers(headers)
     number = lowered.get(b"x-slack-retry-num")
     if number is None:
         return None

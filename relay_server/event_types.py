@@ -19,7 +19,6 @@ not valid JSON, or is nested too deeply to parse, simply has no type.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import cache
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -37,31 +36,63 @@ _TYPE_HEADERS = (
 )
 _MAX_JSON_PARSE = 256 * 1024
 _MAX_TYPE_LENGTH = 100
+# Marker of a lazy payload not parsed yet, because None is a valid parse result.
+_UNPARSED = object()
 
 Headers = tuple[tuple[bytes, bytes], ...]
 
 
-def lazy_payload(headers: Headers, body: bytes) -> Callable[[], Any]:
+def lowered_headers(headers: Headers) -> dict[bytes, bytes]:
+    """Map each lower-cased header name to the value of its first occurrence.
+
+    Screening builds this once per request and passes it to detection and
+    de-duplication, so header names are lower-cased once.
+    """
+    return {name.lower(): value for name, value in reversed(headers)}
+
+
+def lazy_payload(headers: Headers, body: bytes, *, lowered: dict[bytes, bytes] | None = None) -> Callable[[], Any]:
     """Return a function that parses the body as :func:`small_payload` does, once, on its first call.
 
     Detection and de-duplication of one request share it, so a body is
     parsed at most once, and only when no header already names the type.
+    ``lowered`` is the request's :func:`lowered_headers`.
     """
-    content_type = next((value for name, value in headers if name.lower() == b"content-type"), b"")
-    return cache(lambda: small_payload(content_type, body))
+    if lowered is None:
+        content_type = next((value for name, value in headers if name.lower() == b"content-type"), b"")
+    else:
+        content_type = lowered.get(b"content-type", b"")
+    parsed: Any = _UNPARSED
+
+    # This closure replaces functools.cache, because building a cache wrapper
+    # on every request costs several times more than building a closure.
+    def parse() -> Any:
+        nonlocal parsed
+        if parsed is _UNPARSED:
+            parsed = small_payload(content_type, body)
+        return parsed
+
+    return parse
 
 
 def detect_event_type(
-    headers: Headers, body: bytes, source: dict[str, str] | None = None, *, payload: Callable[[], Any] | None = None
+    headers: Headers,
+    body: bytes,
+    source: dict[str, str] | None = None,
+    *,
+    payload: Callable[[], Any] | None = None,
+    lowered: dict[bytes, bytes] | None = None,
 ) -> str | None:
     """Return a short event type such as ``issues.opened`` or ``invoice.paid``, or None.
 
     ``source`` is a channel's ``event_type`` setting: ``{"header": name}``
     or ``{"json": "dotted.path"}``. When it finds nothing, detection falls
-    back to the providers above. ``payload`` comes from :func:`lazy_payload`.
+    back to the providers above. ``payload`` comes from :func:`lazy_payload`
+    and ``lowered`` from :func:`lowered_headers`.
     """
-    lowered = {name.lower(): value for name, value in reversed(headers)}
-    payload = payload or lazy_payload(headers, body)
+    if lowered is None:
+        lowered = lowered_headers(headers)
+    payload = payload or lazy_payload(headers, body, lowered=lowered)
     configured = _from_source(source, lowered, payload) if source else None
     if configured is not None:
         return configured

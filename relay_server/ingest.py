@@ -114,7 +114,8 @@ async def handle_ingest(request: web.Request) -> web.StreamResponse:
         return _too_large(state.config.max_body)
 
     received_at = time.time()
-    screened = screen(state, channel, tuple(request.raw_headers), body, received_at)
+    headers = tuple(request.raw_headers)
+    screened = screen(state, channel, headers, body, received_at)
     if screened.rejection is not None:
         return screened.rejection
 
@@ -126,7 +127,7 @@ async def handle_ingest(request: web.Request) -> web.StreamResponse:
         channel=channel_id,
         method=request.method,
         target=tail,
-        headers=tuple(request.raw_headers),
+        headers=headers,
         body=body,
         received_at=received_at,
         remote=request.remote or "",

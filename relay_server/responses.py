@@ -45,7 +45,11 @@ class ResponseSettings:
 
     @classmethod
     def of(cls, settings: dict[str, Any]) -> ResponseSettings:
-        raw = settings.get("response") or {}
+        """Read the response mode from a channel's settings, or the defaults when it has none."""
+        raw = settings.get("response")
+        if not raw:
+            # Most channels have no response setting, so they share one frozen instance.
+            return _DEFAULT_SETTINGS
         return cls(
             mode=raw.get("mode", "async"),
             timeout=float(raw.get("timeout", 5.0)),
@@ -54,6 +58,9 @@ class ResponseSettings:
 
     def to_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "timeout": self.timeout, "fallback": self.fallback}
+
+
+_DEFAULT_SETTINGS = ResponseSettings()
 
 
 def validate(raw: dict[str, Any]) -> ResponseSettings:

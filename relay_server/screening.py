@@ -27,7 +27,7 @@ from relay_server.protocol import TargetResponse
 from relay_server.responses import target_response
 from relay_server.channel_security import verify_config
 from relay_server.errors import ConfigError, DuplicateEvent
-from relay_server.event_types import detect_event_type, lazy_payload
+from relay_server.event_types import detect_event_type, lazy_payload, lowered_headers
 from relay_server.limits import json_rejection
 from relay_server.state import RelayState
 from relay_server.store.base import ChannelRecord
@@ -62,10 +62,13 @@ def screen(state: RelayState, channel: ChannelRecord, headers: Headers, body: by
 
     window = dedupe.window_of(channel.settings)
     trusted = verdict is None or verdict.valid
-    payload = lazy_payload(headers, body)
-    key = dedupe.dedupe_key(headers, body, payload=payload) if window > 0 and trusted else None
+    # De-duplication and detection share one lower-cased header map and one parse of the body.
+    lowered = lowered_headers(headers)
+    payload = lazy_payload(headers, body, lowered=lowered)
+    key = dedupe.dedupe_key(headers, body, payload=payload, lowered=lowered) if window > 0 and trusted else None
+    source = channel.settings.get("event_type")
     fields = {
-        "event_type": detect_event_type(headers, body, channel.settings.get("event_type"), payload=payload),
+        "event_type": detect_event_type(headers, body, source, payload=payload, lowered=lowered),
         "verification": verdict.header_value() if verdict is not None else None,
         "dedupe_key": key,
         "dedupe_window": window if key else 0.0,

@@ -10,6 +10,7 @@ from relay_server.channel_security import apply_patch, public_view
 from relay_server import dedupe
 from relay_server.dedupe import DEFAULT_WINDOW, dedupe_key, window_of
 from relay_server.errors import ChannelFull, ConfigError, DuplicateEvent
+from relay_server.event_types import lowered_headers
 from relay_server.ids import hash_token
 from relay_server.protocol import DeliveryResult
 from relay_server.store import ChannelRecord, NewEvent, Retention, SQLiteStore
@@ -218,3 +219,26 @@ def test_retry_note_names_slack_retry():
     """The retry note carries Slack's retry number and reason."""
     assert dedupe.retry_note(((b"x-slack-retry-num", b"3"), (b"X-Slack-Retry-Reason", b"http_error"))) == "slack retry 3 (http_error)"
     assert dedupe.retry_note(((b"X-Other", b"1"),)) is None
+
+
+@pytest.mark.parametrize("pass_lowered", [False, True])
+def test_repeated_delivery_header_first_wins(pass_lowered):
+    """The first of repeated delivery id headers is the key, with or without a pre-built lowered map."""
+    sent = ((b"x-github-delivery", b"first"), (b"X-GitHub-Delivery", b"second"))
+    lowered = lowered_headers(sent) if pass_lowered else None
+
+    assert dedupe_key(sent, b"{}", lowered=lowered) == "github:first"
+
+
+def test_delivery_header_skips_blank_to_next_provider():
+    """A blank GitHub delivery id falls through to the Standard Webhooks id."""
+    sent = ((b"X-GitHub-Delivery", b"  "), (b"webhook-id", b"msg_5"))
+
+    assert dedupe_key(sent, b"{}") == "webhook:msg_5"
+
+
+def test_stripe_key_uses_given_payload():
+    """The Stripe key comes from the caller's lazy payload, so the body is not parsed again."""
+    sent = (JSON, (b"Stripe-Signature", b"t=1,v1=a"))
+
+    assert dedupe_key(sent, b"", payload=lambda: {"id": "evt_given"}) == "stripe:evt_given"

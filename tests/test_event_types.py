@@ -5,9 +5,10 @@ from urllib.parse import quote
 
 import pytest
 
+from relay_server import event_types
 from relay_server.errors import ConfigError
 from relay_server.dedupe import dedupe_key
-from relay_server.event_types import check_source, detect_event_type, lazy_payload
+from relay_server.event_types import check_source, detect_event_type, lazy_payload, lowered_headers
 
 JSON = (b"Content-Type", b"application/json")
 
@@ -104,3 +105,63 @@ def test_lazy_payload_parses_once():
     assert parse() is parse()
     assert dedupe_key(sent, b"", payload=parse) == "stripe:evt_9"
     assert detect_event_type(sent, b"", payload=parse) == "invoice.paid"
+
+
+def test_lazy_payload_parses_at_most_once(monkeypatch):
+    """Repeated calls parse the body once, also when the parse result is None."""
+    calls = []
+
+    def counting_parse(content_type, body):
+        calls.append(body)
+        return None
+
+    monkeypatch.setattr(event_types, "small_payload", counting_parse)
+    parse = lazy_payload((JSON,), b"not json")
+
+    assert parse() is None
+    assert parse() is None
+    assert parse() is None
+    assert calls == [b"not json"]
+
+
+def test_lazy_payload_not_parsed_until_called(monkeypatch):
+    monkeypatch.setattr(event_types, "small_payload", lambda content_type, body: pytest.fail("the body was parsed"))
+
+    lazy_payload((JSON,), b"{}", lowered=lowered_headers((JSON,)))
+
+
+def test_lowered_headers_first_occurrence_wins():
+    """Each lower-cased name maps to the value of its first occurrence, whatever its case."""
+    sent = ((b"X-GitHub-Event", b"issues"), (b"x-github-event", b"push"), (b"X-GITHUB-EVENT", b"ping"))
+
+    assert lowered_headers(sent) == {b"x-github-event": b"issues"}
+
+
+@pytest.mark.parametrize("pass_lowered", [False, True])
+def test_repeated_type_header_first_wins(pass_lowered):
+    """The first of repeated type headers names the event, with or without a pre-built lowered map."""
+    sent = ((b"x-github-event", b"issues"), JSON, (b"X-GitHub-Event", b"push"))
+    lowered = lowered_headers(sent) if pass_lowered else None
+
+    assert detect_event_type(sent, b'{"action": "opened"}', lowered=lowered) == "issues.opened"
+
+
+@pytest.mark.parametrize("pass_lowered", [False, True])
+def test_repeated_content_type_first_wins(pass_lowered):
+    """Only the first Content-Type header decides how the body is parsed, so a later JSON one is ignored."""
+    sent = ((b"content-type", b"text/plain"), JSON)
+    lowered = lowered_headers(sent) if pass_lowered else None
+
+    parse = lazy_payload(sent, b'{"type": "invoice.paid"}', lowered=lowered)
+
+    assert parse() is None
+    assert detect_event_type(sent, b'{"type": "invoice.paid"}', lowered=lowered) is None
+
+
+def test_configured_header_reads_lowered_map():
+    """A configured header is looked up in the map the caller passes, not in a new one."""
+    sent = ((b"X-Kind", b"from-headers"),)
+
+    detected = detect_event_type(sent, b"{}", {"header": "X-Kind"}, lowered={b"x-kind": b"from-map"})
+
+    assert detected == "from-map"
