@@ -21,6 +21,9 @@ thread instead. Automatic checkpoints, which fsync, are off on the writing
 connection. Instead the store's thread checkpoints between two batches,
 after 200 commits or 4 MiB of bodies. Reads use their own connection on
 the store's thread and see committed data only.
+
+Bodies over 32 KiB live in segment files beside the database instead of
+in their rows, so that they are written once (:mod:`.sqlite_bodies`).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ except ImportError:  # pragma: no cover - Windows
 
 from relay_server.errors import ChannelFull, StoreError
 from relay_server.protocol import AttemptReport, DeliveryResult, Event, dump_json, load_json
-from relay_server.store import sqlite_dedupe
+from relay_server.store import sqlite_bodies, sqlite_dedupe
 from relay_server.store.base import (
     DEFAULT_GROUP,
     AttemptRecord,
@@ -82,7 +85,10 @@ CREATE TABLE IF NOT EXISTS events (
     remote TEXT NOT NULL,
     scheme TEXT NOT NULL,
     event_type TEXT,
-    respond_until REAL
+    respond_until REAL,
+    body_segment INTEGER,
+    body_offset INTEGER,
+    body_length INTEGER
 );
 CREATE INDEX IF NOT EXISTS events_by_channel ON events (channel, seq);
 CREATE INDEX IF NOT EXISTS events_by_age ON events (received_at);
@@ -134,10 +140,21 @@ CREATE TABLE IF NOT EXISTS answers (
 """
 
 # Columns added after the first release, created on databases that lack them.
-_ADDED_COLUMNS = {"events": {"respond_until": "REAL", "verification": "TEXT"}}
+_ADDED_COLUMNS = {
+    "events": {
+        "respond_until": "REAL",
+        "verification": "TEXT",
+        "body_segment": "INTEGER",
+        "body_offset": "INTEGER",
+        "body_length": "INTEGER",
+    }
+}
+# Created once the columns it covers exist, also on databases of earlier releases.
+_SEGMENT_INDEX = "CREATE INDEX IF NOT EXISTS events_by_segment ON events (body_segment) WHERE body_segment IS NOT NULL"
 
 _EVENT_COLUMNS = (
-    "seq, id, channel, received_at, method, target, headers, body, remote, scheme, event_type, respond_until, verification"
+    "seq, id, channel, received_at, method, target, headers, body, remote, scheme, event_type, respond_until, verification,"
+    " body_segment, body_offset, body_length"
 )
 
 # Share of a full channel pruned at once, so a channel at its limit does not
@@ -200,6 +217,7 @@ class SQLiteStore(EventStore):
         self._checkpoint: asyncio.Future[None] | None = None
         self._lock: TextIO | None = None
         self._log_path = self.path.with_name(self.path.name + "-wal")
+        self._bodies = sqlite_bodies.BodyLog(self.path.parent / sqlite_bodies.FOLDER)
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._channels: dict[str, ChannelRecord] = {}
@@ -230,6 +248,8 @@ class SQLiteStore(EventStore):
         if self._writer is not None:
             self._wakeup.set()
             await self._writer
+        # Sync the bodies first: closing the last connection checkpoints the log, which makes its rows durable.
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._bodies.close)
         for conn in (self._conn, self._reader):
             if conn is not None:
                 await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
@@ -283,6 +303,10 @@ class SQLiteStore(EventStore):
         conn.executescript(SCHEMA)
         conn.executescript(sqlite_dedupe.SCHEMA)
         _add_missing_columns(conn)
+        conn.execute(_SEGMENT_INDEX)
+        self._bodies.open()
+        self._drop_events_without_bodies(conn)
+        self._bodies.remove(self._bodies.unused(_named_segments(conn)))
 
         # Consumers of a previous run are gone: their pending events go back
         # to their groups so the next listener gets them again.
@@ -357,6 +381,9 @@ class SQLiteStore(EventStore):
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     results.append(exc)
+            if not self._inline:
+                # synchronous=FULL: a committed row's body is on disk too.
+                self._bodies.sync()
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -398,6 +425,8 @@ class SQLiteStore(EventStore):
 
     def _run_checkpoint(self) -> None:
         assert self._reader is not None
+        # The checkpoint syncs the log, and with it rows that name bodies.
+        self._bodies.sync()
         self._reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
     def _checkpoint_done(self, checkpoint: asyncio.Future[None]) -> None:
@@ -466,8 +495,12 @@ class SQLiteStore(EventStore):
             expires_at = event.received_at + event.dedupe_window
             sqlite_dedupe.remember(conn, event.channel, event.dedupe_key, event.id, expires_at)
         headers_json = _encode_headers(event.headers)
+        body, segment, offset, length = event.body, None, None, None
+        if len(body) > sqlite_bodies.EXTERNAL_BODY_BYTES:
+            segment, offset = self._bodies.append(body)
+            body, length = b"", len(event.body)
         cursor = conn.execute(
-            f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 event.id,
                 event.channel,
@@ -475,12 +508,15 @@ class SQLiteStore(EventStore):
                 event.method,
                 event.target,
                 headers_json,
-                event.body,
+                body,
                 event.remote,
                 event.scheme,
                 event.event_type,
                 event.respond_until,
                 event.verification,
+                segment,
+                offset,
+                length,
             ),
         )
         self._counts[event.channel] = count + 1
@@ -582,7 +618,7 @@ class SQLiteStore(EventStore):
         if missing:
             marks = ",".join("?" * len(missing))
             rows = conn.execute(f"SELECT {_EVENT_COLUMNS} FROM events WHERE seq IN ({marks})", missing)
-            found.update((row[0], _row_to_event(row, 1)) for row in rows)
+            found.update((row[0], self._row_to_event(row, 1)) for row in rows)
         events = []
         for seq in seqs:
             event = found.get(seq)
@@ -590,6 +626,33 @@ class SQLiteStore(EventStore):
                 count = counts.get(seq, 1)
                 events.append(event if count == 1 else dataclasses.replace(event, delivery_count=count))
         return events
+
+    def _row_to_event(self, row: tuple[Any, ...], delivery_count: int) -> Event:
+        """Build the event of a row of _EVENT_COLUMNS, reading its body from a segment when it lives there."""
+        segment, offset, length = row[13:16]
+        body = bytes(row[7]) if segment is None else self._bodies.read(segment, offset, length)
+        return _row_to_event(row, delivery_count, body)
+
+    def _drop_events_without_bodies(self, conn: sqlite3.Connection) -> None:
+        """Delete the events whose bodies did not reach the disk before a power failure.
+
+        Under synchronous=NORMAL the kernel may write a row out before the
+        body it names. Such an event cannot be delivered as it arrived, so
+        it is dropped, with a warning naming it.
+        """
+        ends = dict(
+            conn.execute(
+                "SELECT body_segment, MAX(body_offset + body_length) FROM events WHERE body_segment IS NOT NULL GROUP BY body_segment"
+            )
+        )
+        for segment, size in self._bodies.missing_from(ends).items():
+            lost = conn.execute(
+                "SELECT seq, id, channel FROM events WHERE body_segment = ? AND body_offset + body_length > ?", (segment, size)
+            ).fetchall()
+            for seq, event_id, channel in lost:
+                logger.warning("event dropped: its body is missing from segment %d channel=%s event_id=%s", segment, channel, event_id)
+                conn.execute("DELETE FROM pending WHERE channel = ? AND seq = ?", (channel, seq))
+                conn.execute("DELETE FROM events WHERE seq = ?", (seq,))
 
     async def ack(self, channel: str, group: str, results: list[DeliveryResult]) -> int:
         if not results:
@@ -716,7 +779,7 @@ class SQLiteStore(EventStore):
                 )
             )
             answer = conn.execute("SELECT status, headers, body, source, at FROM answers WHERE event_id = ?", (event_id,)).fetchone()
-            return EventDetail(_row_to_event(row, 1), outcomes, attempts, _row_to_answer(answer) if answer else None)
+            return EventDetail(self._row_to_event(row, 1), outcomes, attempts, _row_to_answer(answer) if answer else None)
 
         return await self._read(select)
 
@@ -767,12 +830,15 @@ class SQLiteStore(EventStore):
             sqlite_dedupe.forget_expired(conn, now)
             for channel, _ in expired:
                 self._counts.pop(channel, None)
-            return len(expired)
+            # In the write batch, so that no uncommitted row names a segment it finds unused.
+            return len(expired), self._bodies.unused(_named_segments(conn))
 
         # Pruning may delete many rows, so it runs on the store's thread.
-        removed = await self._submit(delete, math.inf)
+        removed, unused = await self._submit(delete, math.inf)
         if removed:
             logger.info("retention pruned events=%d reason=age max_age_s=%d", removed, self.retention.max_age)
+        if unused:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._bodies.remove, unused)
         return removed
 
 
@@ -810,7 +876,7 @@ def _history_query(channel: str, query: EventQuery) -> tuple[str, list[Any]]:
         clauses.append(clause)
         params.extend([value, value] if clause.count("?") == 2 else [value])
     sql = (
-        f"SELECT e.id, e.seq, e.method, e.target, e.event_type, e.received_at, length(e.body), {state},"
+        f"SELECT e.id, e.seq, e.method, e.target, e.event_type, e.received_at, COALESCE(e.body_length, length(e.body)), {state},"
         " o.status, COALESCE(o.attempts, 0)"
         " FROM events e LEFT JOIN outcomes o ON o.event_id = e.id AND o.grp = ?"
         f" WHERE {' AND '.join(clauses)} ORDER BY e.seq DESC LIMIT ?"
@@ -844,8 +910,12 @@ def _stored_event(event: NewEvent, seq: int, headers_json: str) -> Event:
     )
 
 
-def _row_to_event(row: tuple[Any, ...], delivery_count: int) -> Event:
-    seq, event_id, channel, received_at, method, target, headers, body, remote, scheme, event_type, respond_until, verification = row
+def _named_segments(conn: sqlite3.Connection) -> list[int]:
+    return [segment for (segment,) in conn.execute("SELECT DISTINCT body_segment FROM events WHERE body_segment IS NOT NULL")]
+
+
+def _row_to_event(row: tuple[Any, ...], delivery_count: int, body: bytes) -> Event:
+    seq, event_id, channel, received_at, method, target, headers, _, remote, scheme, event_type, respond_until, verification = row[:13]
     return Event(
         id=event_id,
         channel=channel,
@@ -855,7 +925,7 @@ def _row_to_event(row: tuple[Any, ...], delivery_count: int) -> Event:
         headers=tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in load_json(headers)),
         # The column contains the list in the frame's own encoding.
         headers_json=headers,
-        body=bytes(body),
+        body=body,
         received_at=received_at,
         remote=remote,
         scheme=scheme,

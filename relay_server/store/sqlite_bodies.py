@@ -1,0 +1,175 @@
+"""Large event bodies, kept in segment files beside the SQLite database.
+
+SQLite writes every byte twice: into its write-ahead log at commit, and
+into the database file at the next checkpoint, syncing both. With 100 KB
+bodies that second copy and its sync took about a third of the relay's CPU
+per event (docs/benchmarks.md). So a body over :data:`EXTERNAL_BODY_BYTES`
+is appended once to a segment file in ``bodies/``, and its row keeps the
+segment number, offset and length instead of the bytes.
+
+The contract with :class:`~relay_server.store.sqlite.SQLiteStore`:
+
+* :meth:`BodyLog.append` runs inside the write batch that inserts the row,
+  before its commit. A batch that rolls back leaves bytes that no row
+  names; they go away with their segment.
+* Appends come from one write batch at a time. :meth:`BodyLog.sync` may run
+  on the store's thread while a batch appends on the event loop's thread.
+* A body reaches the disk no later than its row: with
+  ``synchronous=FULL`` the store syncs before each commit, with ``NORMAL``
+  before each checkpoint, which is when SQLite syncs its log. Under
+  ``NORMAL`` the kernel may still write a row out before its body, so after
+  a power failure the store drops rows whose bodies are missing (see
+  :meth:`BodyLog.missing_from`).
+* Only the write batch removes segments, and never the one being written,
+  so a segment that no committed row names stays unnamed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+from relay_server.errors import StoreError
+
+logger = logging.getLogger("hookrelay.server.store")
+
+# Bodies up to this size stay in the database row: for them, a file write
+# costs more than SQLite's second copy.
+EXTERNAL_BODY_BYTES = 32 * 1024
+# A segment takes appends until it contains this many bytes; a single larger
+# body still gets a segment of its own.
+SEGMENT_BYTES = 64 * 1024 * 1024
+FOLDER = "bodies"
+_SUFFIX = ".body"
+
+
+class BodyLog:
+    """Append-only segment files of event bodies under ``folder``."""
+
+    def __init__(self, folder: Path, *, segment_bytes: int = SEGMENT_BYTES) -> None:
+        self.folder = folder
+        self._segment_bytes = segment_bytes
+        self._lock = threading.Lock()
+        self._current = 0
+        self._fd: int | None = None
+        self._size = 0
+        # Written since the last sync: the current segment, and finished
+        # segments whose descriptors sync() closes after syncing them.
+        self._dirty = False
+        self._retired: list[int] = []
+        self._readers: dict[int, int] = {}
+
+    def open(self) -> None:
+        """Create the folder; the first append starts a segment after every existing one."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._current = max(self.sizes(), default=0)
+
+    def sizes(self) -> dict[int, int]:
+        """Return the size of every segment file, by segment number."""
+        sizes = {}
+        for path in self.folder.glob(f"*{_SUFFIX}"):
+            if path.stem.isdigit():
+                sizes[int(path.stem)] = path.stat().st_size
+        return sizes
+
+    def append(self, body: bytes) -> tuple[int, int]:
+        """Write ``body`` at the end of the current segment; return the segment and offset."""
+        if self._fd is None or (self._size > 0 and self._size + len(body) > self._segment_bytes):
+            self._start_segment()
+        assert self._fd is not None
+        offset = self._size
+        view = memoryview(body)
+        while view:
+            written = os.write(self._fd, view)
+            view = view[written:]
+        self._size += len(body)
+        self._dirty = True
+        return self._current, offset
+
+    def _start_segment(self) -> None:
+        self._current += 1
+        path = self._path(self._current)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        with self._lock:
+            if self._fd is not None:
+                self._retired.append(self._fd)
+            self._fd = fd
+            self._size = 0
+        logger.debug("body segment started path=%s", path)
+
+    def read(self, segment: int, offset: int, length: int) -> bytes:
+        """Return the body stored at ``offset`` of ``segment``; raises StoreError when it is not there."""
+        try:
+            body = os.pread(self._reader(segment), length, offset)
+        except OSError as exc:
+            raise StoreError("read", f"cannot read body segment {self._path(segment)}: {exc.strerror}") from None
+        if len(body) != length:
+            raise StoreError("read", f"body segment {self._path(segment)} ends before offset {offset + length}")
+        return body
+
+    def _reader(self, segment: int) -> int:
+        with self._lock:
+            fd = self._readers.get(segment)
+            if fd is None:
+                fd = os.open(self._path(segment), os.O_RDONLY)
+                self._readers[segment] = fd
+            return fd
+
+    def sync(self) -> None:
+        """Put every body written so far on disk."""
+        with self._lock:
+            retired, self._retired = self._retired, []
+            current = self._fd if self._dirty else None
+            self._dirty = False
+        for fd in retired:
+            os.fdatasync(fd)
+            os.close(fd)
+        if current is not None:
+            os.fdatasync(current)
+
+    def unused(self, named: Iterable[int]) -> list[int]:
+        """Return the segments that no row names, leaving out the one being written."""
+        keep = set(named)
+        if self._fd is not None:
+            keep.add(self._current)
+        return sorted(segment for segment in self.sizes() if segment not in keep)
+
+    def remove(self, segments: Iterable[int]) -> None:
+        """Delete ``segments``; call only with segments that :meth:`unused` returned."""
+        for segment in segments:
+            with self._lock:
+                fd = self._readers.pop(segment, None)
+            if fd is not None:
+                os.close(fd)
+            try:
+                self._path(segment).unlink()
+            except FileNotFoundError:
+                continue
+            logger.info("body segment removed path=%s", self._path(segment))
+
+    def missing_from(self, ends: dict[int, int]) -> dict[int, int]:
+        """Compare the end of the last body each row names with each segment's size.
+
+        Returns the segments that are shorter than their rows need, with
+        their sizes (0 for a missing file): after a power failure under
+        ``synchronous=NORMAL``, rows may have reached the disk without
+        their bodies.
+        """
+        sizes = self.sizes()
+        return {segment: sizes.get(segment, 0) for segment, end in ends.items() if sizes.get(segment, 0) < end}
+
+    def close(self) -> None:
+        """Sync and close every file; call once no batch runs."""
+        self.sync()
+        with self._lock:
+            fds = [*self._readers.values(), *([self._fd] if self._fd is not None else [])]
+            self._readers.clear()
+            self._fd = None
+        for fd in fds:
+            os.close(fd)
+
+    def _path(self, segment: int) -> Path:
+        return self.folder / f"{segment:08d}{_SUFFIX}"
