@@ -559,3 +559,22 @@ async def test_redis_claim_writes_presence_only_near_expiry(store, backend, redi
     await store._client.zadd(key, {"default/c1": first_expiry - ttl_ms * 0.6})
     await store.claim("ch_a", "default", "c1", 1)
     assert await store._client.zscore(key, "default/c1") > first_expiry
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+async def test_recent_copies_stay_bounded(make_store, backend):
+    """The in-memory copies of new events stop at their count and byte limits, and older events are read back."""
+    async with make_store() as store:
+        await store.create_channel(ChannelRecord("ch_a", hash_token("t"), time.time()))
+        for start in range(0, 4200, 100):
+            await asyncio.gather(*(store.append(new_event("ch_a", n)) for n in range(start, start + 100)))
+        copies_of_small = len(store._recent)
+        large = os.urandom(1024 * 1024)
+        for n in range(4200, 4220):
+            await store.append(new_event("ch_a", n, body=large))
+        bytes_of_large = store._recent_bytes
+        claimed = await store.claim("ch_a", "default", "c1", 3)
+
+    assert copies_of_small == 4096
+    assert bytes_of_large <= 16 * 1024 * 1024
+    assert [event.body for event in claimed] == [b'{"n": 0}', b'{"n": 1}', b'{"n": 2}']

@@ -179,9 +179,10 @@ _LOG_RESTART_BYTES = 32 * 1024 * 1024
 _LOCK_FILE = "hookrelay.lock"
 # The newest stored events stay in memory, up to this many and this many
 # body bytes, so that a claim for a listener that keeps up does not read
-# the bodies back from the database.
-_RECENT_EVENTS = 512
-_RECENT_BYTES = 8 * 1024 * 1024
+# the bodies back from the database. A 1 KB event takes about 3 KB here, so
+# the count allows a queue of a second or less at full load for about 12 MB.
+_RECENT_EVENTS = 4096
+_RECENT_BYTES = 16 * 1024 * 1024
 
 Operation = Callable[[sqlite3.Connection], Any]
 # An operation, the future of its caller, and its weight: the body bytes it
