@@ -174,9 +174,11 @@ class Forwarder:
         ``on_attempt`` hears about every attempt, after the constructor's
         callback; for events marked ``respond`` it carries the target's response.
         The result's duration is the last attempt's, without the waits between
-        retries, so it shows how long the target took to respond.
+        retries, so it shows how long the target took to respond. Attempts
+        go on from ``event.attempts``, the ones earlier deliveries made, and
+        every delivery makes at least one.
         """
-        attempt = 0
+        attempt = max(event.attempts, 0)
         while True:
             attempt += 1
             status, error, retry_after, duration_ms, response = await self._attempt(event, attempt)

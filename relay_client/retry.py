@@ -54,7 +54,9 @@ class Backoff:
     def delay(self, attempt: int, retry_after: float | None = None, rng: Callable[[], float] = random.random) -> float:
         if retry_after is not None:
             return min(retry_after, self.max_retry_after)
-        ceiling = min(self.cap, self.base * 2 ** max(0, attempt - 1))
+        # The exponent stops at 64: a larger power of two overflows a float
+        # after about a thousand attempts, and the cap applies long before.
+        ceiling = min(self.cap, self.base * 2 ** min(max(0, attempt - 1), 64))
         return ceiling / 2 + rng() * ceiling / 2
 
 

@@ -157,6 +157,11 @@ class Event:
     # The relay's signature check, as the X-Hookrelay-Verified value
     # ("github; result=valid"), or None when the channel verifies nothing.
     verification: str | None = None
+    # Attempts that earlier deliveries of this event to the group already
+    # made, as their reports recorded them. A listener that takes over after
+    # another one stopped mid-retry numbers its attempts after these, so the
+    # --max-attempts budget counts every attempt.
+    attempts: int = 0
     # ``headers`` already encoded as the frame's JSON list of byte strings,
     # when a store keeps them in that form; encode_event then sends it as is.
     # It must describe the same headers; decode_event never sets it.
@@ -247,6 +252,8 @@ def encode_event(event: Event) -> bytes:
         "respond": event.respond,
         "verification": event.verification,
     }
+    if event.attempts:
+        header["attempts"] = event.attempts
     if event.headers_json is None:
         header["headers"] = [[bytes_to_wire(k), bytes_to_wire(v)] for k, v in event.headers]
         return _binary_frame(EVENT_TAG, header, event.body)
@@ -294,6 +301,7 @@ def decode_event(frame: bytes | memoryview) -> Event:
         remote=str(header.get("remote") or ""),
         scheme=str(header.get("scheme") or "http"),
         delivery_count=_optional_int(header, "delivery_count", 1),
+        attempts=_optional_int(header, "attempts", 0),
         event_type=header.get("event_type") if isinstance(header.get("event_type"), str) else None,
         respond=header.get("respond") is True,
         verification=header.get("verification") if isinstance(header.get("verification"), str) else None,

@@ -9,7 +9,7 @@ import asyncio
 import pytest
 from aiohttp import web
 
-from tests.support.api import ChannelApi
+from tests.support.api import ChannelApi, poll
 from tests.support.checks import accepted_event_id, post_webhook
 from tests.support.http import send_request
 from tests.support.processes import Channel
@@ -110,6 +110,30 @@ async def test_listener_sigkill_redelivers(runner, shared_relay, target):
 
     assert target.event_ids[0] == event_ids[0]
     assert first_occurrences(target.event_ids[1:]) == event_ids
+
+
+async def test_listener_restart_keeps_attempt_budget(runner, shared_relay, target):
+    """A listener killed between retries hands on its attempt count: the next one makes only the attempts left."""
+    channel = await runner.create_channel(shared_relay.url)
+    history = ChannelApi(shared_relay.url, channel)
+    target.fail_always(503)
+    killed = runner.start_listener(shared_relay.url, channel, target.authority, "--max-attempts", "3")
+    event_id = await post_webhook(channel.url, b'{"n":1}')
+
+    # The third attempt waits at least 0.5 s of backoff after the second report.
+    await poll(lambda: history.show(event_id), lambda detail: len(detail["attempts"]) == 2, DELIVERY_TIMEOUT, "two attempt reports")
+    killed.kill()
+    listener = runner.start_listener(shared_relay.url, channel, target.authority, "--max-attempts", "3")
+    await wait_until(
+        lambda: any(record.get("event_id") == event_id for record in listener.json_lines()), DELIVERY_TIMEOUT, "the final result"
+    )
+
+    [record] = [record for record in listener.json_lines() if record.get("event_id") == event_id]
+    attempts = [request.header("X-Hookrelay-Attempt") for request in target.requests if request.event_id == event_id]
+    assert (record["outcome"], record["status"], record["attempt"]) == ("failed", 503, 3)
+    assert attempts == ["1", "2", "3"]
+    detail = await history.wait_for_state(event_id, "failed", DELIVERY_TIMEOUT)
+    assert [attempt["attempt"] for attempt in detail["attempts"]] == [1, 2, 3]
 
 
 async def test_delivery_running_across_reconnect_is_not_repeated(runner, shared_relay, target):

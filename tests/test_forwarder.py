@@ -259,3 +259,27 @@ async def test_target_cookies_are_not_sent_back():
         second = await forwarder.deliver(event(id="evt_cookie_2"))
     assert (first.status, second.status) == (200, 200)
     assert [name for name, _ in target.requests[1][1] if name.lower() == b"cookie"] == []
+
+
+async def test_redelivery_continues_attempt_count():
+    """Attempts of an earlier delivery count against --max-attempts, and numbering goes on after them."""
+    busy = b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n"
+    async with RawTarget([busy]) as target, Forwarder(config(target.port)) as forwarder:
+        result = await forwarder.deliver(event(delivery_count=2, attempts=2))
+    assert (result.outcome, result.status, result.attempts) == ("failed", 503, 3)
+    assert len(target.requests) == 1
+    assert (b"X-Hookrelay-Attempt", b"3") in target.requests[0][1]
+
+
+async def test_spent_budget_still_gets_one_attempt():
+    """A listener with a smaller --max-attempts than the attempts already made still tries once."""
+    async with RawTarget() as target, Forwarder(config(target.port)) as forwarder:
+        result = await forwarder.deliver(event(delivery_count=3, attempts=7))
+    assert (result.outcome, result.status, result.attempts) == ("delivered", 200, 8)
+    assert len(target.requests) == 1
+
+
+def test_backoff_survives_huge_attempt_numbers():
+    """The delay stays at the cap instead of overflowing a float."""
+    backoff = Backoff(base=0.5, cap=30.0)
+    assert backoff.delay(5000, rng=lambda: 1.0) == 30.0

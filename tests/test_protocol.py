@@ -57,6 +57,15 @@ def test_event_with_encoded_headers_round_trip():
     assert decode_event(frame).headers == event.headers
 
 
+def test_earlier_attempts_round_trip():
+    """A redelivery's earlier attempts travel in the frame; a first delivery leaves the field out."""
+    again = make_event(attempts=4)
+    first = make_event(attempts=0)
+    assert decode_event(encode_event(again)).attempts == 4
+    assert decode_event(encode_event(first)).attempts == 0
+    assert b'"attempts"' not in encode_event(first)
+
+
 def test_event_body_is_not_base64():
     """The body follows the header raw, so frames cost one copy of the body."""
     frame = encode_event(make_event(body=b"\x00raw\xff"))

@@ -463,6 +463,31 @@ async def test_replay_keeps_earlier_attempts(store):
     assert [(a.attempt, a.status) for a in detail.attempts] == [(1, 500), (1, 200)]
 
 
+async def test_redelivery_carries_reported_attempts(store):
+    """A redelivery tells the next listener how many attempts the group already made; a replay starts over."""
+    from relay_server.protocol import AttemptReport
+
+    # A group starts at the end of the log, so "other" exists before the event does.
+    assert await store.claim("ch_a", "other", "c9", 1) == []
+    await store.append(new_event("ch_a", 1))
+    [first] = await store.claim("ch_a", "default", "c1", 1)
+    await store.claim("ch_a", "other", "c9", 1)
+    for attempt in (1, 2):
+        await store.record_attempt("ch_a", "default", AttemptReport(first.id, attempt, 503, 1.0, "HTTP 503"))
+    await store.release("ch_a", "default", "c1")
+    [again] = await store.claim("ch_a", "default", "c2", 1)
+    await store.release("ch_a", "other", "c9")
+    [other] = await store.claim("ch_a", "other", "c8", 1)
+    await store.ack("ch_a", "default", [DeliveryResult(first.id, "failed", 503, 3, 1.0, "HTTP 503")])
+    assert await store.replay("ch_a", first.id, "default")
+    [replayed] = await store.claim("ch_a", "default", "c2", 1)
+
+    assert (first.delivery_count, first.attempts) == (1, 0)
+    assert (again.delivery_count, again.attempts) == (2, 2)
+    assert (other.delivery_count, other.attempts) == (2, 0)
+    assert (replayed.delivery_count, replayed.attempts) == (1, 0)
+
+
 async def test_repeated_ack_adds_no_attempt(store):
     """An ack for an event no longer pending leaves the attempt history as it was."""
     await store.append(new_event("ch_a", 0))

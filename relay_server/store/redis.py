@@ -71,7 +71,7 @@ CHANNELS_KEY = f"{PREFIX}:channels"
 # The pub/sub channel of the relay nodes' hub. A pub/sub channel is not a
 # key, so scripts receive it in ARGV and it belongs to no hash slot.
 HUB_CHANNEL = f"{PREFIX}:hub"
-_CHANNEL_KEYS = ("meta", "log", "ids", "bodies", "outcomes", "attempts", "answers", "replays", "consumers")
+_CHANNEL_KEYS = ("meta", "log", "ids", "bodies", "outcomes", "attempts", "answers", "replays", "consumers", "progress")
 
 # A consumer is alive while its node refreshes it, every third of the TTL;
 # after a TTL without a refresh (its node died) other nodes reclaim its
@@ -343,7 +343,10 @@ class RedisStore(EventStore):
             return []
         self._live.setdefault(channel, set()).add(f"{group}/{consumer}")
         rows = await self._script("claim", "CLAIM", channel, [group, consumer, count, int(self.presence_ttl * 1000)])
-        return [_row_to_event(channel, seq, deliveries, _pairs(fields), bytes(body)) for seq, deliveries, fields, body in rows]
+        return [
+            _row_to_event(channel, seq, deliveries, _pairs(fields), bytes(body), int(attempts))
+            for seq, deliveries, fields, body, attempts in rows
+        ]
 
     async def ack(self, channel: str, group: str, results: list[DeliveryResult]) -> int:
         if not results:
@@ -380,7 +383,7 @@ class RedisStore(EventStore):
 
     async def record_attempt(self, channel: str, group: str, report: AttemptReport) -> None:
         line = _attempt_line(group, report.attempt, report.status, report.duration_ms, report.error, self._clock())
-        await self._script("record attempt", "RECORD", channel, ["attempt", report.event_id, line])
+        await self._script("record attempt", "RECORD", channel, ["attempt", report.event_id, line, group, report.attempt])
 
     async def record_answer(self, channel: str, event_id: str, answer: SenderAnswer) -> None:
         await self._script("record answer", "RECORD", channel, ["answer", event_id, _encode_answer(answer)])
@@ -555,7 +558,7 @@ def _text(fields: dict[bytes, bytes], name: bytes) -> str | None:
     return value.decode() if value is not None else None
 
 
-def _row_to_event(channel: str, seq: int, deliveries: int, fields: dict[bytes, bytes], body: bytes) -> Event:
+def _row_to_event(channel: str, seq: int, deliveries: int, fields: dict[bytes, bytes], body: bytes, attempts: int = 0) -> Event:
     respond_until = fields.get(b"u")
     return Event(
         id=fields[b"id"].decode(),
@@ -569,6 +572,7 @@ def _row_to_event(channel: str, seq: int, deliveries: int, fields: dict[bytes, b
         remote=fields[b"r"].decode(),
         scheme=fields[b"s"].decode(),
         delivery_count=int(deliveries),
+        attempts=attempts,
         event_type=_text(fields, b"e"),
         respond_until=float(respond_until) if respond_until is not None else None,
         verification=_text(fields, b"v"),

@@ -15,6 +15,8 @@ KEYS  name         contents
 7     answers      hash: event id -> the sync sender's answer JSON
 8     replays      hash: "<group>\\n<event id>" -> reference entry id
 9     consumers    sorted set: "<group>/<consumer>" -> expiry (ms, Redis clock)
+10    progress     hash: "<group>\\n<event id>" -> attempts reported while
+                   the event is pending, handed on to a redelivery
 ====  ===========  =====================================================
 
 Stream entry ids are ``<seq>-0``: the channel's own counter numbers events,
@@ -77,6 +79,7 @@ local function forget_event(event_id, all_groups)
   for _, g in ipairs(all_groups) do
     local key = g[1] .. '\n' .. event_id
     redis.call('HDEL', KEYS[5], key)
+    redis.call('HDEL', KEYS[10], key)
     local ref = redis.call('HGET', KEYS[8], key)
     if ref then
       redis.call('XACK', KEYS[2], g[1], ref)
@@ -112,7 +115,7 @@ end
 APPEND = PRELUDE + r"""
 -- ARGV: event id, max events, prune batch, body, dedupe window ms,
 -- hub pub/sub channel, wake-up message, then the entry fields (name, value ...).
--- KEYS[10]: the dedupe key of this delivery, or an unused name.
+-- KEYS[11]: the dedupe key of this delivery, or an unused name.
 local FIRST_FIELD = 8
 if redis.call('EXISTS', KEYS[1]) == 0 then
   return redis.error_reply('NOCHANNEL')
@@ -120,7 +123,7 @@ end
 local event_id = ARGV[1]
 local window = tonumber(ARGV[5])
 if window > 0 then
-  local earlier = redis.call('GET', KEYS[10])
+  local earlier = redis.call('GET', KEYS[11])
   if earlier then
     return {'DUPLICATE', earlier}
   end
@@ -162,7 +165,7 @@ redis.call('XADD', KEYS[2], seq .. '-0', unpack(fields))
 redis.call('HSET', KEYS[3], event_id, seq)
 redis.call('HSET', KEYS[4], event_id, ARGV[4])
 if window > 0 then
-  redis.call('SET', KEYS[10], event_id, 'PX', window)
+  redis.call('SET', KEYS[11], event_id, 'PX', window)
 end
 redis.call('PUBLISH', ARGV[6], ARGV[7])
 return seq
@@ -202,7 +205,11 @@ local function take(id, fields, deliveries)
     id, fields = original[1][1], original[1][2]
   end
   local body = redis.call('HGET', KEYS[4], field(fields, 'id'))
-  table.insert(out, {seq_of(id), deliveries, fields, body or ''})
+  local attempts = 0
+  if deliveries > 1 then
+    attempts = tonumber(redis.call('HGET', KEYS[10], group .. '\n' .. field(fields, 'id')) or '0')
+  end
+  table.insert(out, {seq_of(id), deliveries, fields, body or '', attempts})
 end
 
 -- 1. Pending entries of consumers that are gone, oldest first.
@@ -282,6 +289,7 @@ for i = 2, #ARGV, 3 do
       redis.call('HDEL', KEYS[8], key)
     end
     if acked > 0 then removed = removed + 1 end
+    redis.call('HDEL', KEYS[10], key)
     redis.call('HSET', KEYS[5], key, ARGV[i + 1])
     -- An ack for an event that is no longer pending repeats a report
     -- already kept, so it adds no attempt.
@@ -294,11 +302,15 @@ return removed
 """
 
 RECORD = PRELUDE + r"""
--- ARGV: kind ('attempt' or 'answer'), event id, value
+-- ARGV: kind ('attempt' or 'answer'), event id, value; for an attempt also
+-- the group and the attempt number, which a redelivery hands on.
 local event_id = ARGV[2]
 if redis.call('HEXISTS', KEYS[3], event_id) == 0 then return 0 end
 if ARGV[1] == 'attempt' then
   redis.call('HSET', KEYS[6], event_id, (redis.call('HGET', KEYS[6], event_id) or '') .. ARGV[3])
+  local key = ARGV[4] .. '\n' .. event_id
+  local earlier = tonumber(redis.call('HGET', KEYS[10], key) or '0')
+  redis.call('HSET', KEYS[10], key, math.max(earlier, tonumber(ARGV[5])))
 else
   redis.call('HSET', KEYS[7], event_id, ARGV[3])
 end
@@ -405,6 +417,8 @@ for _, g in ipairs(groups()) do
   if g[1] == group then position = g[2] end
 end
 local key = group .. '\n' .. event_id
+-- The replayed delivery gets a fresh --max-attempts budget.
+redis.call('HDEL', KEYS[10], key)
 if tonumber(seq) > position then
   -- The group has not read the event yet: it arrives anyway.
   return 1

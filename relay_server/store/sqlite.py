@@ -105,6 +105,7 @@ CREATE TABLE IF NOT EXISTS pending (
     consumer TEXT,
     delivery_count INTEGER NOT NULL,
     delivered_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (channel, grp, seq)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS outcomes (
@@ -147,7 +148,8 @@ _ADDED_COLUMNS = {
         "body_segment": "INTEGER",
         "body_offset": "INTEGER",
         "body_length": "INTEGER",
-    }
+    },
+    "pending": {"attempts": "INTEGER NOT NULL DEFAULT 0"},
 }
 # Created once the columns it covers exist, also on databases of earlier releases.
 _SEGMENT_INDEX = "CREATE INDEX IF NOT EXISTS events_by_segment ON events (body_segment) WHERE body_segment IS NOT NULL"
@@ -160,6 +162,9 @@ _EVENT_COLUMNS = (
 # Share of a full channel pruned at once, so a channel at its limit does not
 # run a delete for every single append.
 _PRUNE_FRACTION = 0.01
+
+# The delivery count and earlier attempts of an event claimed for the first time.
+_FIRST_DELIVERY = (1, 0)
 
 # Ids bound in one IN (...) list; SQLite before 3.32 allows 999 variables.
 _MAX_SQL_VARIABLES = 500
@@ -567,19 +572,17 @@ class SQLiteStore(EventStore):
 
     def _claim(self, conn: sqlite3.Connection, channel: str, group: str, consumer: str, count: int) -> list[Event]:
         now = self._clock()
-        released = [
-            (seq, delivery_count + 1)
-            for seq, delivery_count in conn.execute(
-                "SELECT seq, delivery_count FROM pending WHERE channel = ? AND grp = ? AND consumer IS NULL ORDER BY seq LIMIT ?",
-                (channel, group, count),
-            )
-        ]
+        released = conn.execute(
+            "SELECT seq, delivery_count + 1, attempts FROM pending"
+            " WHERE channel = ? AND grp = ? AND consumer IS NULL ORDER BY seq LIMIT ?",
+            (channel, group, count),
+        ).fetchall()
         conn.executemany(
             "UPDATE pending SET consumer = ?, delivery_count = ?, delivered_at = ? WHERE channel = ? AND grp = ? AND seq = ?",
-            [(consumer, n, now, channel, group, seq) for seq, n in released],
+            [(consumer, n, now, channel, group, seq) for seq, n, _ in released],
         )
         fresh = self._claim_new(conn, channel, group, consumer, count - len(released), now)
-        counts = dict(released) | {seq: 1 for seq in fresh}
+        counts = {seq: (n, attempts) for seq, n, attempts in released} | {seq: _FIRST_DELIVERY for seq in fresh}
         return self._load_events(conn, sorted(counts), counts)
 
     def _claim_new(self, conn: sqlite3.Connection, channel: str, group: str, consumer: str, count: int, now: float) -> list[int]:
@@ -612,8 +615,8 @@ class SQLiteStore(EventStore):
         logger.info("group created channel=%s group=%s position=%d", channel, group, last)
         return last
 
-    def _load_events(self, conn: sqlite3.Connection, seqs: list[int], counts: dict[int, int]) -> list[Event]:
-        """Return the events of ``seqs`` (sorted) that still exist, each with its delivery count."""
+    def _load_events(self, conn: sqlite3.Connection, seqs: list[int], counts: dict[int, tuple[int, int]]) -> list[Event]:
+        """Return the events of ``seqs`` (sorted) that still exist, each with its delivery count and earlier attempts."""
         found = {seq: self._recent[seq] for seq in seqs if seq in self._recent}
         missing = [seq for seq in seqs if seq not in found]
         if missing:
@@ -624,8 +627,9 @@ class SQLiteStore(EventStore):
         for seq in seqs:
             event = found.get(seq)
             if event is not None:
-                count = counts.get(seq, 1)
-                events.append(event if count == 1 else dataclasses.replace(event, delivery_count=count))
+                count, attempts = counts.get(seq, _FIRST_DELIVERY)
+                fresh = count == 1 and attempts == 0
+                events.append(event if fresh else dataclasses.replace(event, delivery_count=count, attempts=attempts))
         return events
 
     def _row_to_event(self, row: tuple[Any, ...], delivery_count: int) -> Event:
@@ -740,6 +744,12 @@ class SQLiteStore(EventStore):
                 "INSERT INTO attempts (event_id, grp, attempt, status, duration_ms, error, at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (report.event_id, group, report.attempt, report.status, report.duration_ms, report.error, self._clock()),
             )
+            # A redelivery hands the count on to the next listener.
+            conn.execute(
+                "UPDATE pending SET attempts = MAX(attempts, ?)"
+                " WHERE channel = ? AND grp = ? AND seq = (SELECT seq FROM events WHERE id = ? AND channel = ?)",
+                (report.attempt, channel, group, report.event_id, channel),
+            )
 
         await self._submit(insert)
 
@@ -811,7 +821,7 @@ class SQLiteStore(EventStore):
             # first delivery, which a listener forwards even if it remembers the id.
             conn.execute(
                 "INSERT INTO pending (channel, grp, seq, consumer, delivery_count, delivered_at) VALUES (?, ?, ?, NULL, 0, ?)"
-                " ON CONFLICT (channel, grp, seq) DO UPDATE SET consumer = NULL, delivery_count = 0",
+                " ON CONFLICT (channel, grp, seq) DO UPDATE SET consumer = NULL, delivery_count = 0, attempts = 0",
                 (channel, group, seq, self._clock()),
             )
             conn.execute("DELETE FROM outcomes WHERE event_id = ? AND grp = ?", (event_id, group))
