@@ -122,11 +122,17 @@ def _add_forwarded(headers: list[tuple[bytes, bytes]], present: set[bytes], even
 
 
 def as_text_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]] | None:
-    """Convert headers for aiohttp, or return None when a value is not valid UTF-8.
+    """Convert headers for aiohttp, or return None when aiohttp would not send them as they are.
 
     aiohttp encodes values as UTF-8, so a value that decodes as UTF-8 goes out
-    as the same bytes; any other value needs :mod:`relay_client.rawhttp`.
+    as the same bytes. Two cases need :mod:`relay_client.rawhttp` instead: a
+    value that is not valid UTF-8, and a name repeated in another spelling
+    (``X-Test`` and ``x-test``), because aiohttp keeps only the last of those.
     """
+    spellings: dict[bytes, bytes] = {}
+    for name, _ in headers:
+        if spellings.setdefault(name.lower(), name) != name:
+            return None
     try:
         return [(name.decode("latin-1"), value.decode("utf-8")) for name, value in headers]
     except UnicodeDecodeError:

@@ -232,6 +232,16 @@ async def test_header_bytes_that_are_not_utf8_are_kept():
     assert body == b"\x00ab"
 
 
+async def test_repeats_in_other_spellings_are_kept():
+    """A header name repeated as X-Test, x-test and X-TEST arrives with every value, in order and spelling."""
+    spelled = ((b"X-Test", b"one"), (b"Content-Type", b"application/json"), (b"x-test", b"two"), (b"X-TEST", b"three"))
+    async with RawTarget() as target, Forwarder(config(target.port)) as forwarder:
+        result = await forwarder.deliver(event(headers=spelled))
+        _, headers, _ = target.requests[0]
+    assert result.status == 200
+    assert headers[1:5] == list(spelled)
+
+
 async def test_raw_path_retries_on_5xx():
     """Events sent through the bytes-level writer follow the same retry policy."""
     answers = [b"HTTP/1.1 502 Bad\r\nContent-Length: 0\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"]

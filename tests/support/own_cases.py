@@ -312,6 +312,20 @@ def _headers() -> list[WebhookCase]:
             header_names_exact=("X-GitHub-Event", "x-lower-case-name", "X-UPPER-CASE-NAME", "X-Mixed-CaSe"),
         ),
         _case(
+            "repeated-header-in-several-spellings",
+            "POST",
+            "/spellings",
+            [
+                ("X-Test", "one"),
+                ("Content-Type", "application/json"),
+                ("x-test", "two"),
+                ("X-TEST", "three"),
+                ("x-test", "four"),
+            ],
+            b"{}",
+            header_names_exact=("X-Test", "x-test", "X-TEST"),
+        ),
+        _case(
             "header-value-latin1-byte",
             "POST",
             "/latin1",
