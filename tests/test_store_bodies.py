@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from relay_server.errors import StoreError
 from relay_server.protocol import DeliveryResult
 from relay_server.store import ChannelRecord, EventQuery, NewEvent, Retention, SQLiteStore
 from relay_server.store.sqlite_bodies import EXTERNAL_BODY_BYTES, FOLDER
@@ -213,3 +214,57 @@ async def test_replay_keeps_large_body(tmp_path):
     finally:
         await store.close()
     assert again.body == body
+
+
+async def test_startup_refuses_missing_segment(tmp_path):
+    """A database copied without its bodies folder does not start, and loses nothing."""
+    store = await open_store(tmp_path)
+    try:
+        for n in range(3):
+            await store.append(new_event(n, large_body(n)))
+    finally:
+        await store.close()
+    (tmp_path / FOLDER).rename(tmp_path / "bodies.elsewhere")
+
+    with pytest.raises(StoreError) as refused:
+        await open_store(tmp_path)
+    (tmp_path / "bodies.elsewhere").rename(tmp_path / FOLDER)
+    store = await open_store(tmp_path)
+    try:
+        claimed = await store.claim("ch_a", "default", "c1", 10)
+    finally:
+        await store.close()
+
+    assert "the bodies of 3 events are missing" in str(refused.value)
+    assert f"{tmp_path / FOLDER / '00000001.body'} not found" in str(refused.value)
+    assert len(claimed) == 3
+
+
+async def test_empty_segment_file_drops_its_events(tmp_path):
+    """Creating a missing segment empty is the way to give up its events: they are dropped with warnings."""
+    store = await open_store(tmp_path)
+    try:
+        await store.append(new_event(1, large_body(1)))
+        await store.append(new_event(2, b"small"))
+    finally:
+        await store.close()
+    (tmp_path / FOLDER / "00000001.body").write_bytes(b"")
+
+    store = await open_store(tmp_path)
+    try:
+        claimed = await store.claim("ch_a", "default", "c1", 10)
+    finally:
+        await store.close()
+    assert [event.id for event in claimed] == ["evt_body_00002"]
+
+
+async def test_new_data_folder_is_private(tmp_path):
+    """A data folder that the relay creates, and its bodies folder, are readable by its user only."""
+    data_dir = tmp_path / "relay-data"
+    store = await open_store(data_dir)
+    try:
+        await store.append(new_event(1, large_body(1)))
+    finally:
+        await store.close()
+    assert data_dir.stat().st_mode & 0o777 == 0o700
+    assert (data_dir / FOLDER).stat().st_mode & 0o777 == 0o700

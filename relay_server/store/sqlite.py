@@ -237,10 +237,15 @@ class SQLiteStore(EventStore):
     # -- lifecycle -----------------------------------------------------
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Only the relay's user reads a data folder that the relay creates.
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._lock_data_dir()
         loop = asyncio.get_running_loop()
-        released = await loop.run_in_executor(self._executor, self._connect)
+        try:
+            released = await loop.run_in_executor(self._executor, self._connect)
+        except BaseException:
+            self._unlock_data_dir()
+            raise
         self._writer = asyncio.create_task(self._write_loop(), name="hookrelay-sqlite-writer")
         logger.info("store opened path=%s synchronous=%s released_pending=%d", self.path, self.synchronous, released)
 
@@ -311,7 +316,11 @@ class SQLiteStore(EventStore):
         _add_missing_columns(conn)
         conn.execute(_SEGMENT_INDEX)
         self._bodies.open()
-        self._drop_events_without_bodies(conn)
+        try:
+            self._drop_events_without_bodies(conn)
+        except StoreError:
+            conn.close()
+            raise
         self._bodies.remove(self._bodies.unused(_named_segments(conn)))
 
         # Consumers of a previous run are gone: their pending events go back
@@ -643,14 +652,30 @@ class SQLiteStore(EventStore):
 
         Under synchronous=NORMAL the kernel may write a row out before the
         body it names. Such an event cannot be delivered as it arrived, so
-        it is dropped, with a warning naming it.
+        it is dropped, with a warning naming it. A segment file that is
+        missing altogether points to an incomplete copy of the data folder
+        rather than a power failure, so opening fails instead of deleting
+        every event that the file held.
         """
         ends = dict(
             conn.execute(
                 "SELECT body_segment, MAX(body_offset + body_length) FROM events WHERE body_segment IS NOT NULL GROUP BY body_segment"
             )
         )
-        for segment, size in self._bodies.missing_from(ends).items():
+        missing = self._bodies.missing_from(ends)
+        absent = [segment for segment, size in missing.items() if size is None]
+        if absent:
+            (count,) = conn.execute(
+                f"SELECT COUNT(*) FROM events WHERE body_segment IN ({','.join('?' * len(absent))})", absent
+            ).fetchone()
+            more = f" and {len(absent) - 1} more segment files" if len(absent) > 1 else ""
+            raise StoreError(
+                "open",
+                f"the bodies of {count} event{'' if count == 1 else 's'} are missing: {self._bodies.path_of(absent[0])}{more} not found;"
+                " restore the bodies folder that belongs with this database, or create each missing file empty"
+                " to drop those events",
+            )
+        for segment, size in missing.items():
             lost = conn.execute(
                 "SELECT seq, id, channel FROM events WHERE body_segment = ? AND body_offset + body_length > ?", (segment, size)
             ).fetchall()

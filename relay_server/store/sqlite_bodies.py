@@ -60,11 +60,12 @@ class BodyLog:
         # segments whose descriptors sync() closes after syncing them.
         self._dirty = False
         self._retired: list[int] = []
+        self._new_names = False
         self._readers: dict[int, int] = {}
 
     def open(self) -> None:
         """Create the folder; the first append starts a segment after every existing one."""
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._current = max(self.sizes(), default=0)
 
     def sizes(self) -> dict[int, int]:
@@ -98,6 +99,7 @@ class BodyLog:
                 self._retired.append(self._fd)
             self._fd = fd
             self._size = 0
+            self._new_names = True
         logger.debug("body segment started path=%s", path)
 
     def read(self, segment: int, offset: int, length: int) -> bytes:
@@ -119,11 +121,14 @@ class BodyLog:
             return fd
 
     def sync(self) -> None:
-        """Put every body written so far on disk."""
+        """Put every body written so far on disk, and the names of new segments."""
         with self._lock:
             retired, self._retired = self._retired, []
             current = self._fd if self._dirty else None
             self._dirty = False
+            new_names, self._new_names = self._new_names, False
+        if new_names:
+            _sync_folder(self.folder)
         for fd in retired:
             os.fdatasync(fd)
             os.close(fd)
@@ -150,16 +155,19 @@ class BodyLog:
                 continue
             logger.info("body segment removed path=%s", self._path(segment))
 
-    def missing_from(self, ends: dict[int, int]) -> dict[int, int]:
+    def missing_from(self, ends: dict[int, int]) -> dict[int, int | None]:
         """Compare the end of the last body each row names with each segment's size.
 
         Returns the segments that are shorter than their rows need, with
-        their sizes (0 for a missing file): after a power failure under
-        ``synchronous=NORMAL``, rows may have reached the disk without
-        their bodies.
+        their sizes, or None for a segment file that does not exist. After a
+        power failure under ``synchronous=NORMAL``, rows may have reached
+        the disk without the end of their segment.
         """
         sizes = self.sizes()
-        return {segment: sizes.get(segment, 0) for segment, end in ends.items() if sizes.get(segment, 0) < end}
+        return {segment: sizes.get(segment) for segment, end in ends.items() if sizes.get(segment, -1) < end}
+
+    def path_of(self, segment: int) -> Path:
+        return self._path(segment)
 
     def close(self) -> None:
         """Sync and close every file; call once no batch runs."""
@@ -173,3 +181,12 @@ class BodyLog:
 
     def _path(self, segment: int) -> Path:
         return self.folder / f"{segment:08d}{_SUFFIX}"
+
+
+def _sync_folder(folder: Path) -> None:
+    """Sync a folder, so that the files created in it survive a power failure."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
