@@ -40,7 +40,7 @@ from relay_client.cli_common import (
     stderr,
     value_source,
 )
-from relay_client.config import ListenerConfig, split_relays
+from relay_client.config import MAX_BODY, MAX_MESSAGE, MIB, ListenerConfig, split_relays
 from relay_client.console import ListenerConsole
 from relay_client.errors import AdminUnauthorized, ClientError, NotARelay, RelayRejected, RelayUnreachable, Unauthorized, UsageError
 from relay_client.retry import RetryPolicy
@@ -163,6 +163,9 @@ def serve(
         raise UsageError("--sync", sync, "use normal or full")
     if store is not None and not store.startswith(("sqlite://", "redis://", "rediss://", "unix://")):
         raise UsageError("--store", store, "use redis://host:port/db or sqlite:///path/to/dir")
+    body_limit = parse_size(max_body, "--max-body")
+    if body_limit > MAX_BODY:
+        raise UsageError("--max-body", max_body, f"use at most {MAX_BODY // MIB}MiB, because listeners accept messages of up to {MAX_MESSAGE // MIB} MiB")
     configure_logging(log_level)
     config = ServerConfig(
         host=host,
@@ -173,7 +176,7 @@ def serve(
         node_timeout=parse_duration(node_timeout, "--node-timeout"),
         synchronous=sync.upper(),
         retention=Retention(max_events=retention_events, max_age=parse_duration(retention_age, "--retention-age")),
-        max_body=parse_size(max_body, "--max-body"),
+        max_body=body_limit,
         window=window,
         heartbeat=parse_duration(heartbeat, "--heartbeat"),
         admin_token=admin_token,

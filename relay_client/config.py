@@ -21,6 +21,10 @@ if TYPE_CHECKING:
 
 DEFAULT_RELAY = "http://127.0.0.1:8787"
 MIB = 1024 * 1024
+# The largest websocket message a listener accepts, and so the largest body
+# a relay may take: an event's frame adds its headers and fields to the body.
+MAX_MESSAGE = 64 * MIB
+MAX_BODY = MAX_MESSAGE - MIB
 
 _HOST_PORT = re.compile(r"^(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):(?P<port>\d{1,5})(?P<path>/.*)?$")
 
@@ -148,7 +152,7 @@ class ListenerConfig:
     ping_interval: float = 10.0
     ping_timeout: float = 10.0
     reconnect: Backoff = Backoff(base=0.5, cap=30.0)
-    max_message: int = 64 * MIB
+    max_message: int = MAX_MESSAGE
 
     # Shutdown: time granted to deliveries in progress on Ctrl-C.
     shutdown_grace: float = 5.0

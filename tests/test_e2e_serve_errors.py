@@ -66,3 +66,14 @@ async def test_unresolvable_host_names_the_option():
         await _start_site(_UnresolvableSite(), config)
 
     assert str(info.value) == "cannot listen on relay.example:8787: Name or service not known; check --host"
+
+
+async def test_body_limit_above_listener_messages_is_refused(runner, tmp_path):
+    """A --max-body that no listener could receive is refused before the relay starts."""
+    code, _, stderr = await runner.run(["serve", "--port", "0", "--data-dir", str(tmp_path / "data"), "--max-body", "80MiB"])
+
+    assert code == 2, stderr
+    assert _error_lines(stderr) == [
+        "hookrelay: error: invalid --max-body '80MiB': use at most 63MiB, because listeners accept messages of up to 64 MiB"
+    ]
+    assert not (tmp_path / "data").exists()
