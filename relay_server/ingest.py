@@ -109,8 +109,10 @@ async def handle_ingest(request: web.Request) -> web.StreamResponse:
     try:
         body = await read_body(request, state.config.max_body, state.config.limits.body_timeout)
     except TimeoutError:
+        state.guard.counters.count("body_timeout", channel_id)
         return _body_timed_out(channel_id, request.remote, state.config.limits.body_timeout)
     if body is None:
+        state.guard.counters.count("body_too_large", channel_id)
         return _too_large(state.config.max_body)
 
     received_at = time.time()
@@ -140,6 +142,7 @@ async def handle_ingest(request: web.Request) -> web.StreamResponse:
         await state.store.append(event)
     except StoreError as exc:
         state.hub.forget_response(event.id)
+        state.guard.counters.count("channel_full" if isinstance(exc, ChannelFull) else "store_failed", channel_id)
         return _store_failed(channel_id, event.id, exc)
     except DuplicateEvent as exc:
         state.hub.forget_response(event.id)

@@ -93,6 +93,8 @@ async def test_body_over_max_body_413(runner, target, tmp_path):
     # Delivery keeps order, so an oversized event stored by mistake would arrive first.
     await target.wait_for_event(event_id, DELIVERY_TIMEOUT)
     assert [request.body for request in target.requests] == [b"a" * MAX_BODY]
+    metrics = await send_request(f"{relay.url}/api/metrics", "GET")
+    assert metrics.json()["counts"]["body_too_large"] == 2
 
 
 async def test_default_max_body_25_mib(runner, shared_relay):
