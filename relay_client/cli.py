@@ -60,6 +60,19 @@ app = typer.Typer(
 )
 channel_app = typer.Typer(help="Create and manage channels.", no_args_is_help=True)
 app.add_typer(channel_app, name="channel")
+
+
+def _print_version(requested: bool) -> None:
+    if requested:
+        print(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True, help="Print the version and exit.")] = False,
+) -> None:
+    pass
 cli_events.register(app)
 cli_security.register(channel_app)
 

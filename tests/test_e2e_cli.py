@@ -37,6 +37,17 @@ async def test_invalid_option_usage_error(arguments, runner):
     assert stdout == ""
 
 
+async def test_version_option_and_command_agree(runner):
+    """`hookrelay --version` prints what `hookrelay version` prints, the package version."""
+    from relay_client import __version__
+
+    option = await runner.run(["--version"])
+    command = await runner.run(["version"])
+
+    assert option == (0, f"{__version__}\n", "")
+    assert command == option
+
+
 async def test_channel_list_shows_created_channels(runner, shared_relay):
     """`channel list` shows each remembered channel with its full id, in the table and as JSON."""
     channel = await runner.create_channel(shared_relay.url)
