@@ -27,9 +27,10 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from relay_client import __version__
 from relay_client.config import ListenerConfig
-from relay_client.errors import RelayRejected, RelayUnreachable, Unauthorized
+from relay_client.errors import RelayRejected, RelayUnreachable, TokenRotated, Unauthorized
 from relay_client.forwarder import Attempt, Forwarder
 from relay_server.protocol import (
+    CLOSE_UNAUTHORIZED,
     AttemptReport,
     DeliveryResult,
     Event,
@@ -93,7 +94,13 @@ class Listener:
                 await self._serve_once(stop)
                 failures = 0
                 reason = "the relay closed the connection"
-            except (RelayUnreachable, ConnectionClosed, ProtocolError, OSError) as exc:
+            except ConnectionClosed as exc:
+                if exc.rcvd is not None and exc.rcvd.code == CLOSE_UNAUTHORIZED:
+                    # A reconnect with the same token can only be refused.
+                    await self._finish_running()
+                    raise TokenRotated(self.config.relay_at(self._attempt), self.config.channel) from None
+                reason = str(exc) or type(exc).__name__
+            except (RelayUnreachable, ProtocolError, OSError) as exc:
                 reason = str(exc) or type(exc).__name__
             if stop.is_set():
                 break

@@ -7,6 +7,7 @@ Tree::
     ├── NotARelay            a server answered, but not as a hookrelay relay does
     ├── RelayRejected        the relay answered with a refusal (bad token, bad request)
     │   ├── Unauthorized     the channel token was not accepted
+    │   │   └── TokenRotated  the relay disconnected the listener at a token rotation
     │   └── AdminUnauthorized  the admin token was missing or not accepted
     ├── TargetError          one attempt to deliver an event to the target failed
     └── UsageError           an option or config value is invalid
@@ -72,6 +73,17 @@ class Unauthorized(RelayRejected):
         return (
             f"relay {self.relay} rejected the token for channel {self.channel} (HTTP 401); "
             "check --token, or run 'hookrelay channel create' for a new channel"
+        )
+
+
+class TokenRotated(Unauthorized):
+    """The relay closed the connection because the channel's token was rotated."""
+
+    def __str__(self) -> str:
+        return (
+            f"relay {self.relay} disconnected this listener because the token of channel {self.channel} was rotated;"
+            " start it again with the new token: 'hookrelay channel rotate-token' printed it and saved it on the"
+            " machine where it ran, or pass it with --token"
         )
 
 

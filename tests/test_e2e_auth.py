@@ -117,5 +117,11 @@ async def test_rotated_token_disconnects_listener(runner, shared_relay, target):
 
     assert rotated.status == 200, rotated.describe()
     assert exit_code == EXIT_UNAUTHORIZED
-    assert "token" in listener.stderr_text().lower()
+    errors = [line for line in listener.stderr_text().splitlines() if line.startswith("hookrelay: error: ")]
+    assert errors == [
+        f"hookrelay: error: relay {shared_relay.url} disconnected this listener because the token of channel"
+        f" {channel.id} was rotated; start it again with the new token: 'hookrelay channel rotate-token' printed it"
+        " and saved it on the machine where it ran, or pass it with --token"
+    ]
+    assert "reconnecting" not in listener.stderr_text()
     assert after not in target.event_ids
