@@ -145,7 +145,7 @@ def listen(
 def serve(
     host: Annotated[str, typer.Option(envvar="HOOKRELAY_HOST", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="HOOKRELAY_PORT", min=0, max=65535, help="Port to listen on; 0 picks a free one.")] = 8787,
-    data_dir: Annotated[Path, typer.Option(envvar="HOOKRELAY_DATA_DIR", help="Folder for the SQLite database.")] = Path(platformdirs.user_data_dir("hookrelay")),
+    data_dir: Annotated[Path, typer.Option(envvar="HOOKRELAY_DATA_DIR", help="Folder for the relay's data: the SQLite database and bodies/ for bodies over 32 KiB.")] = Path(platformdirs.user_data_dir("hookrelay")),
     store: Annotated[Optional[str], typer.Option(envvar="HOOKRELAY_STORE", help="Where events live: redis://host:port/db to share them between relay nodes, or sqlite:///dir; default: SQLite in --data-dir.", show_default=False)] = None,
     node_timeout: Annotated[str, typer.Option(envvar="HOOKRELAY_NODE_TIMEOUT", help="With --store redis://: time after which the events held by a silent relay node go to listeners on other nodes.")] = "15s",
     public_url: Annotated[Optional[str], typer.Option(envvar="HOOKRELAY_PUBLIC_URL", help="Base URL senders use, when the relay sits behind a proxy.", show_default=False)] = None,
