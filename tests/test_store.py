@@ -464,7 +464,7 @@ async def test_replay_keeps_earlier_attempts(store):
 
 
 async def test_redelivery_carries_reported_attempts(store):
-    """A redelivery tells the next listener how many attempts the group already made; a replay starts over."""
+    """A redelivery carries the number of attempts the group already made; a replay starts over."""
     from relay_server.protocol import AttemptReport
 
     # A group starts at the end of the log, so "other" exists before the event does.
