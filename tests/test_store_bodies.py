@@ -47,6 +47,11 @@ def stored_rows(data_dir):
         return conn.execute("SELECT id, length(body), body_segment, body_offset, body_length FROM events ORDER BY seq").fetchall()
 
 
+def forget_copies(store):
+    """Drop the store's in-memory copies of new events, so that claims read bodies from disk."""
+    store._forget_recent()
+
+
 async def open_store(data_dir, **options):
     store = SQLiteStore(data_dir, **options)
     await store.open()
@@ -114,6 +119,7 @@ async def test_segment_rollover_keeps_bodies(tmp_path):
         await store.create_channel(ChannelRecord("ch_a", b"h", time.time()))
         for n, body in enumerate(bodies):
             await store.append(new_event(n, body))
+        forget_copies(store)
         claimed = await store.claim("ch_a", "default", "c1", 10)
     finally:
         await store.close()
@@ -135,13 +141,16 @@ async def test_prune_removes_unnamed_segments(tmp_path):
         assert segment_files(tmp_path) == ["00000001.body", "00000002.body", "00000003.body"]
         assert await store.prune(time.time() + 120) == 5
         left = segment_files(tmp_path)
-        await store.append(new_event(9, large_body(9)))
+        body = large_body(9)
+        await store.append(new_event(9, body))
+        forget_copies(store)
         [claimed] = await store.claim("ch_a", "default", "c1", 5)
     finally:
         await store.close()
 
     assert left == ["00000003.body"]
     assert claimed.id == "evt_body_00009"
+    assert claimed.body == body
     # The segment being written kept its bytes, and the new body follows them.
     assert stored_rows(tmp_path) == [("evt_body_00009", 0, 3, LARGE, LARGE)]
 
@@ -210,6 +219,7 @@ async def test_replay_keeps_large_body(tmp_path):
         [first] = await store.claim("ch_a", "default", "c1", 1)
         await store.ack("ch_a", "default", [DeliveryResult(first.id, "delivered", 200)])
         assert await store.replay("ch_a", first.id, "default")
+        forget_copies(store)
         [again] = await store.claim("ch_a", "default", "c1", 1)
     finally:
         await store.close()
@@ -218,10 +228,11 @@ async def test_replay_keeps_large_body(tmp_path):
 
 async def test_startup_refuses_missing_segment(tmp_path):
     """A database copied without its bodies folder does not start, and loses nothing."""
+    bodies = [large_body(n) for n in range(3)]
     store = await open_store(tmp_path)
     try:
-        for n in range(3):
-            await store.append(new_event(n, large_body(n)))
+        for n, body in enumerate(bodies):
+            await store.append(new_event(n, body))
     finally:
         await store.close()
     (tmp_path / FOLDER).rename(tmp_path / "bodies.elsewhere")
@@ -235,6 +246,7 @@ async def test_startup_refuses_missing_segment(tmp_path):
     finally:
         await store.close()
 
+    assert [event.body for event in claimed] == bodies
     assert "the bodies of 3 events are missing" in str(refused.value)
     assert f"{tmp_path / FOLDER / '00000001.body'} not found" in str(refused.value)
     assert len(claimed) == 3
@@ -268,3 +280,90 @@ async def test_new_data_folder_is_private(tmp_path):
         await store.close()
     assert data_dir.stat().st_mode & 0o777 == 0o700
     assert (data_dir / FOLDER).stat().st_mode & 0o777 == 0o700
+
+
+def limited(resource_kind, soft):
+    """Lower one resource limit of this process for a block, as a full disk or a busy relay would."""
+    import contextlib
+    import resource
+
+    @contextlib.contextmanager
+    def block():
+        old = resource.getrlimit(resource_kind)
+        resource.setrlimit(resource_kind, (soft, old[1]))
+        try:
+            yield
+        finally:
+            resource.setrlimit(resource_kind, old)
+
+    return block()
+
+
+async def test_failed_write_leaves_segment_consistent(tmp_path):
+    """A body that does not fit (a full disk) is refused with StoreError; later bodies land at their offsets."""
+    import resource
+    import signal
+
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    bodies = [large_body(n, size=1024 * 1024) for n in range(3)]
+    store = await open_store(tmp_path)
+    try:
+        await store.append(new_event(0, bodies[0]))
+        with limited(resource.RLIMIT_FSIZE, 1024 * 1024 + 1000):
+            with pytest.raises(StoreError) as refused:
+                await store.append(new_event(1, bodies[1]))
+        await store.append(new_event(2, bodies[2]))
+    finally:
+        await store.close()
+        signal.signal(signal.SIGXFSZ, previous)
+
+    store = await open_store(tmp_path)
+    try:
+        claimed = await store.claim("ch_a", "default", "c1", 10)
+    finally:
+        await store.close()
+    assert "cannot write to body segment" in str(refused.value)
+    assert [event.id for event in claimed] == ["evt_body_00000", "evt_body_00002"]
+    assert [event.body for event in claimed] == [bodies[0], bodies[2]]
+    assert (tmp_path / FOLDER / "00000001.body").stat().st_size == 2 * 1024 * 1024
+
+
+async def test_failed_segment_creation_keeps_numbering(tmp_path):
+    """When no new segment file can be opened, the append fails and later rows name files that exist."""
+    import resource
+
+    store = SQLiteStore(tmp_path)
+    store._bodies._segment_bytes = LARGE
+    await store.open()
+    bodies = [large_body(n) for n in range(3)]
+    try:
+        await store.create_channel(ChannelRecord("ch_a", b"h", time.time()))
+        await store.append(new_event(0, bodies[0]))
+        # Every descriptor number in use: opening the next segment fails with EMFILE.
+        with limited(resource.RLIMIT_NOFILE, 3):
+            with pytest.raises(StoreError) as refused:
+                await store.append(new_event(1, bodies[1]))
+        await store.append(new_event(2, bodies[2]))
+    finally:
+        await store.close()
+
+    store = await open_store(tmp_path)
+    try:
+        claimed = await store.claim("ch_a", "default", "c1", 10)
+    finally:
+        await store.close()
+    assert "cannot create body segment" in str(refused.value)
+    assert [event.body for event in claimed] == [bodies[0], bodies[2]]
+    assert segment_files(tmp_path) == ["00000001.body", "00000002.body"]
+
+
+async def test_newer_schema_is_refused(tmp_path):
+    """A database written by a newer release is not opened, so that nothing reads its rows wrongly."""
+    store = await open_store(tmp_path)
+    await store.close()
+    with sqlite3.connect(tmp_path / "hookrelay.sqlite3") as conn:
+        conn.execute("PRAGMA user_version=99")
+
+    with pytest.raises(StoreError) as refused:
+        await open_store(tmp_path)
+    assert "written by a newer hookrelay (schema version 99, this one knows 2)" in str(refused.value)

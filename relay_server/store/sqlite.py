@@ -151,6 +151,9 @@ _ADDED_COLUMNS = {
     },
     "pending": {"attempts": "INTEGER NOT NULL DEFAULT 0"},
 }
+# Kept in PRAGMA user_version. Version 2 keeps large bodies in segment files,
+# which a release that knows only version 1 would read as empty bodies.
+_SCHEMA_VERSION = 2
 # Created once the columns it covers exist, also on databases of earlier releases.
 _SEGMENT_INDEX = "CREATE INDEX IF NOT EXISTS events_by_segment ON events (body_segment) WHERE body_segment IS NOT NULL"
 
@@ -311,17 +314,27 @@ class SQLiteStore(EventStore):
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.execute("PRAGMA foreign_keys=OFF")
         conn.execute("PRAGMA busy_timeout=5000")
+        try:
+            self._check_schema_version(conn)
+        except StoreError:
+            conn.close()
+            raise
         conn.executescript(SCHEMA)
         conn.executescript(sqlite_dedupe.SCHEMA)
         _add_missing_columns(conn)
         conn.execute(_SEGMENT_INDEX)
+        conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
         self._bodies.open()
         try:
             self._drop_events_without_bodies(conn)
         except StoreError:
             conn.close()
             raise
-        self._bodies.remove(self._bodies.unused(_named_segments(conn)))
+        unused = self._bodies.unused(_named_segments(conn))
+        if unused:
+            # The deletions that left them unused reach the disk first (a checkpoint syncs the log).
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            self._bodies.remove(unused)
 
         # Consumers of a previous run are gone: their pending events go back
         # to their groups so the next listener gets them again.
@@ -443,6 +456,29 @@ class SQLiteStore(EventStore):
         # The checkpoint syncs the log, and with it rows that name bodies.
         self._bodies.sync()
         self._reader.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+
+    def _check_schema_version(self, conn: sqlite3.Connection) -> None:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version > _SCHEMA_VERSION:
+            raise StoreError(
+                "open",
+                f"the database {self.path} was written by a newer hookrelay (schema version {version}, this one knows"
+                f" {_SCHEMA_VERSION}); run that release or a newer one",
+            )
+
+    def _remove_segments(self, unused: list[int]) -> None:
+        """Remove segments that no row names, once the deletion of their rows is on disk.
+
+        Under synchronous=NORMAL a commit is not synced. Without the
+        checkpoint, a power failure could bring back rows whose segments
+        were already gone.
+        """
+        try:
+            self._run_checkpoint()
+        except (sqlite3.Error, StoreError) as exc:
+            logger.error("body segments kept until the next pruning pass: checkpoint failed: %s", exc)
+            return
+        self._bodies.remove(unused)
 
     def _checkpoint_done(self, checkpoint: asyncio.Future[None]) -> None:
         if not checkpoint.cancelled() and checkpoint.exception() is not None:
@@ -874,7 +910,7 @@ class SQLiteStore(EventStore):
         if removed:
             logger.info("retention pruned events=%d reason=age max_age_s=%d", removed, self.retention.max_age)
         if unused:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._bodies.remove, unused)
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._remove_segments, unused)
         return removed
 
 

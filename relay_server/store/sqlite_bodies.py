@@ -14,14 +14,20 @@ The contract with :class:`~relay_server.store.sqlite.SQLiteStore`:
   names; they go away with their segment.
 * Appends come from one write batch at a time. :meth:`BodyLog.sync` may run
   on the store's thread while a batch appends on the event loop's thread.
-* A body reaches the disk no later than its row: with
-  ``synchronous=FULL`` the store syncs before each commit, with ``NORMAL``
-  before each checkpoint, which is when SQLite syncs its log. Under
-  ``NORMAL`` the kernel may still write a row out before its body, so after
-  a power failure the store drops rows whose bodies are missing (see
-  :meth:`BodyLog.missing_from`).
-* Only the write batch removes segments, and never the one being written,
-  so a segment that no committed row names stays unnamed.
+* With ``synchronous=FULL`` a body is on disk before the commit of its
+  row. With ``NORMAL`` the store syncs the segments before each
+  checkpoint, which is when SQLite syncs its log, but rows committed while
+  that sync runs, or written out early by the kernel, may reach the disk
+  before their bodies. ``NORMAL`` may lose the latest events in a power
+  failure anyway, so after one the store drops rows whose bodies are
+  missing (see :meth:`BodyLog.missing_from`) and says which.
+* Only the write batch finds segments unused, never the one being
+  written, and the store removes them only once the deletion of their rows
+  is on disk.
+* A failed write leaves the segment as it was: nothing is appended after
+  bytes that no row names at a wrong offset.
+* Errors of the file system reach callers as
+  :class:`~relay_server.errors.StoreError`.
 """
 
 from __future__ import annotations
@@ -62,7 +68,6 @@ class BodyLog:
         self._dirty = False
         self._retired: list[int] = []
         self._new_names = False
-        self._readers: dict[int, int] = {}
 
     def open(self) -> None:
         """Create the folder; the first append starts a segment after every existing one."""
@@ -78,63 +83,92 @@ class BodyLog:
         return sizes
 
     def append(self, body: bytes) -> tuple[int, int]:
-        """Write ``body`` at the end of the current segment; return the segment and offset."""
+        """Write ``body`` at the end of the current segment; return the segment and offset.
+
+        Raises StoreError when the write fails; the segment then ends where it did before.
+        """
         if self._fd is None or (self._size > 0 and self._size + len(body) > self._segment_bytes):
             self._start_segment()
         assert self._fd is not None
         offset = self._size
-        view = memoryview(body)
-        while view:
-            written = os.write(self._fd, view)
-            view = view[written:]
+        try:
+            _write_at(self._fd, body, offset)
+        except OSError as exc:
+            self._cut_back(offset)
+            raise StoreError("write", f"cannot write to body segment {self._path(self._current)}: {exc.strerror}") from None
         self._size += len(body)
-        self._dirty = True
+        with self._lock:
+            self._dirty = True
         return self._current, offset
 
     def _start_segment(self) -> None:
-        self._current += 1
-        path = self._path(self._current)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        number = self._current + 1
+        path = self._path(number)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            raise StoreError("write", f"cannot create body segment {path}: {exc.strerror}") from None
         with self._lock:
             if self._fd is not None:
                 self._retired.append(self._fd)
             self._fd = fd
+            self._current = number
             self._size = 0
             self._new_names = True
         logger.debug("body segment started path=%s", path)
 
-    def read(self, segment: int, offset: int, length: int) -> bytes:
-        """Return the body stored at ``offset`` of ``segment``; raises StoreError when it is not there."""
+    def _cut_back(self, size: int) -> None:
+        """Drop what a failed write left past ``size``, or move on to a new segment when that fails too."""
+        assert self._fd is not None
         try:
-            body = os.pread(self._reader(segment), length, offset)
+            os.ftruncate(self._fd, size)
         except OSError as exc:
-            raise StoreError("read", f"cannot read body segment {self._path(segment)}: {exc.strerror}") from None
+            logger.error("body segment %s could not be cut back to %d bytes: %s; starting a new one", self._current, size, exc.strerror)
+            # Nothing is written to this segment again, so no offset can go wrong.
+            self._size = self._segment_bytes
+
+    def read(self, segment: int, offset: int, length: int) -> bytes:
+        """Return the body stored at ``offset`` of ``segment``; raises StoreError when it is not there.
+
+        Each read opens the file: reads from segments are rare (claims of
+        recent events come from memory), and no descriptor stays open.
+        """
+        path = self._path(segment)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                body = os.pread(fd, length, offset)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise StoreError("read", f"cannot read body segment {path}: {exc.strerror}") from None
         if len(body) != length:
-            raise StoreError("read", f"body segment {self._path(segment)} ends before offset {offset + length}")
+            raise StoreError("read", f"body segment {path} ends before offset {offset + length}")
         return body
 
-    def _reader(self, segment: int) -> int:
-        with self._lock:
-            fd = self._readers.get(segment)
-            if fd is None:
-                fd = os.open(self._path(segment), os.O_RDONLY)
-                self._readers[segment] = fd
-            return fd
-
     def sync(self) -> None:
-        """Put every body written so far on disk, and the names of new segments."""
+        """Put every body written so far on disk, and the names of new segments; raises StoreError."""
         with self._lock:
             retired, self._retired = self._retired, []
             current = self._fd if self._dirty else None
             self._dirty = False
             new_names, self._new_names = self._new_names, False
-        if new_names:
-            _sync_folder(self.folder)
+        try:
+            if new_names:
+                _sync_folder(self.folder)
+            for fd in retired:
+                os.fdatasync(fd)
+            if current is not None:
+                os.fdatasync(current)
+        except OSError as exc:
+            with self._lock:
+                # The next sync tries again.
+                self._retired[:0] = retired
+                self._dirty = self._dirty or current is not None
+                self._new_names = self._new_names or new_names
+            raise StoreError("sync", f"cannot sync body segments in {self.folder}: {exc.strerror}") from None
         for fd in retired:
-            os.fdatasync(fd)
             os.close(fd)
-        if current is not None:
-            os.fdatasync(current)
 
     def unused(self, named: Iterable[int]) -> list[int]:
         """Return the segments that no row names, leaving out the one being written."""
@@ -146,13 +180,13 @@ class BodyLog:
     def remove(self, segments: Iterable[int]) -> None:
         """Delete ``segments``; call only with segments that :meth:`unused` returned."""
         for segment in segments:
-            with self._lock:
-                fd = self._readers.pop(segment, None)
-            if fd is not None:
-                os.close(fd)
             try:
                 self._path(segment).unlink()
             except FileNotFoundError:
+                continue
+            except OSError as exc:
+                # The next pruning pass finds it unused again.
+                logger.error("body segment not removed path=%s: %s", self._path(segment), exc.strerror)
                 continue
             logger.info("body segment removed path=%s", self._path(segment))
 
@@ -174,14 +208,20 @@ class BodyLog:
         """Sync and close every file; call once no batch runs."""
         self.sync()
         with self._lock:
-            fds = [*self._readers.values(), *([self._fd] if self._fd is not None else [])]
-            self._readers.clear()
-            self._fd = None
-        for fd in fds:
+            fd, self._fd = self._fd, None
+        if fd is not None:
             os.close(fd)
 
     def _path(self, segment: int) -> Path:
         return self.folder / f"{segment:08d}{_SUFFIX}"
+
+
+def _write_at(fd: int, body: bytes, offset: int) -> None:
+    view = memoryview(body)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view = view[written:]
+        offset += written
 
 
 def _sync_folder(folder: Path) -> None:
