@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from relay_server import channel_security, responses
-from relay_server.api import with_channel_token
+from relay_server.api import authorize_channel, unauthorized, with_channel_token
 from relay_server.errors import ConfigError
 from relay_server.ingest import json_error
 from relay_server.state import STATE, RelayState
@@ -142,6 +142,9 @@ async def list_events(request: web.Request, channel: str) -> web.Response:
         return json_error(400, "invalid_query", str(exc))
     if wait > 0 and seen == state.hub.version(channel):
         await _wait_for_change(state, channel, wait)
+        # The token may have been rotated while the request waited.
+        if await authorize_channel(request) != channel:
+            return unauthorized()
     rows = await state.store.list_events(channel, query)
     next_before = rows[-1].seq if len(rows) == query.limit else None
     body = {"events": [summary_json(r) for r in rows], "next_before": next_before, "version": state.hub.version(channel)}

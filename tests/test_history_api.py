@@ -356,6 +356,22 @@ async def test_long_poll_returns_on_new_event(runner, shared_relay):
     assert page["version"] != version
 
 
+async def test_long_poll_ends_with_rotated_token(runner, shared_relay):
+    """A long-poll that waits with a token rotated meanwhile gets 401, not the events that came after."""
+    channel, api = await new_channel(runner, shared_relay)
+    version = (await api.list_events())["version"]
+    waiting = asyncio.create_task(api.call("GET", "/events", params={"wait": str(LONG_POLL_WAIT), "version": str(version)}))
+    await asyncio.sleep(500 * MS)
+
+    rotated = await api.call("POST", "/rotate-token")
+    await post_webhook(channel.url, b'{"after": "rotation"}', tail="/after?api_key=secret")
+    answer = await asyncio.wait_for(waiting, 5_000 * MS)
+
+    assert rotated.status == 200, rotated.describe()
+    assert answer.status == 401, answer.describe()
+    assert b"api_key" not in repr(answer.body).encode()
+
+
 async def test_long_poll_times_out_unchanged(runner, shared_relay):
     """Without a change the long-poll returns after `wait` seconds with the same version."""
     _, api = await new_channel(runner, shared_relay)
