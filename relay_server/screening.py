@@ -97,7 +97,7 @@ async def duplicate_answer(state: RelayState, duplicate: DuplicateEvent, headers
     body: dict[str, object] = {"id": duplicate.event_id, "duplicate": True}
     if note is not None:
         body["retry"] = note
-    return web.json_response(body, status=200)
+    return web.json_response(body, status=200, headers={"X-Hookrelay-Event-Id": duplicate.event_id})
 
 
 def _verdict(channel: ChannelRecord, headers: Headers, body: bytes, now: float) -> Verdict | None:

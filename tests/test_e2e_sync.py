@@ -272,3 +272,4 @@ async def test_slack_retry_on_async_channel_is_reported(runner, shared_relay, ap
     assert first.status == 202
     assert retry.status == 200
     assert retry.json() == {"id": first.json()["id"], "duplicate": True, "retry": "slack retry 2 (http_timeout)"}
+    assert retry.header("X-Hookrelay-Event-Id") == first.json()["id"]
