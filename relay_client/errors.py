@@ -77,13 +77,13 @@ class Unauthorized(RelayRejected):
 
 
 class TokenRotated(Unauthorized):
-    """The relay closed the connection because the channel's token was rotated."""
+    """The relay closed the connection because the channel's token no longer opens it: rotated, or the channel deleted."""
 
     def __str__(self) -> str:
         return (
-            f"relay {self.relay} disconnected this listener because the token of channel {self.channel} was rotated;"
-            " start it again with the new token: 'hookrelay channel rotate-token' printed it and saved it on the"
-            " machine where it ran, or pass it with --token"
+            f"relay {self.relay} disconnected this listener because the token of channel {self.channel} is no longer"
+            " valid (rotated, or the channel was deleted); after a rotation start it again with the new token:"
+            " 'hookrelay channel rotate-token' printed it and saved it on the machine where it ran, or pass it with --token"
         )
 
 

@@ -120,8 +120,9 @@ async def test_rotated_token_disconnects_listener(runner, shared_relay, target):
     errors = [line for line in listener.stderr_text().splitlines() if line.startswith("hookrelay: error: ")]
     assert errors == [
         f"hookrelay: error: relay {shared_relay.url} disconnected this listener because the token of channel"
-        f" {channel.id} was rotated; start it again with the new token: 'hookrelay channel rotate-token' printed it"
-        " and saved it on the machine where it ran, or pass it with --token"
+        f" {channel.id} is no longer valid (rotated, or the channel was deleted); after a rotation start it again"
+        " with the new token: 'hookrelay channel rotate-token' printed it and saved it on the machine where it ran,"
+        " or pass it with --token"
     ]
     assert "reconnecting" not in listener.stderr_text()
     assert after not in target.event_ids
