@@ -152,7 +152,7 @@ _ADDED_COLUMNS = {
     "pending": {"attempts": "INTEGER NOT NULL DEFAULT 0"},
 }
 # Kept in PRAGMA user_version. Version 2 keeps large bodies in segment files,
-# which a release that knows only version 1 would read as empty bodies.
+# which a release that reads only version 1 would take for empty bodies.
 _SCHEMA_VERSION = 2
 # Created once the columns it covers exist, also on databases of earlier releases.
 _SEGMENT_INDEX = "CREATE INDEX IF NOT EXISTS events_by_segment ON events (body_segment) WHERE body_segment IS NOT NULL"

@@ -20,7 +20,7 @@ The contract with :class:`~relay_server.store.sqlite.SQLiteStore`:
   that sync runs, or written out early by the kernel, may reach the disk
   before their bodies. ``NORMAL`` may lose the latest events in a power
   failure anyway, so after one the store drops rows whose bodies are
-  missing (see :meth:`BodyLog.missing_from`) and says which.
+  missing (see :meth:`BodyLog.missing_from`) and logs each one.
 * Only the write batch finds segments unused, never the one being
   written, and the store removes them only once the deletion of their rows
   is on disk.
