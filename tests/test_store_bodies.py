@@ -52,6 +52,15 @@ def forget_copies(store):
     store._forget_recent()
 
 
+async def claim_after_restart(data_dir):
+    """Open the store anew, as a restarted relay does, and claim every event."""
+    store = await open_store(data_dir)
+    try:
+        return await store.claim("ch_a", "default", "c1", 10)
+    finally:
+        await store.close()
+
+
 async def open_store(data_dir, **options):
     store = SQLiteStore(data_dir, **options)
     await store.open()
@@ -101,11 +110,7 @@ async def test_segment_read_after_restart(tmp_path):
     finally:
         await store.close()
 
-    store = await open_store(tmp_path)
-    try:
-        claimed = await store.claim("ch_a", "default", "c1", 10)
-    finally:
-        await store.close()
+    claimed = await claim_after_restart(tmp_path)
     assert [event.body for event in claimed] == bodies
 
 
@@ -184,11 +189,7 @@ async def test_startup_drops_events_missing_bodies(tmp_path, caplog):
         handle.truncate(2 * LARGE + 10)
 
     caplog.set_level(logging.WARNING, logger="hookrelay.server.store")
-    store = await open_store(tmp_path)
-    try:
-        claimed = await store.claim("ch_a", "default", "c1", 10)
-    finally:
-        await store.close()
+    claimed = await claim_after_restart(tmp_path)
 
     assert [event.body for event in claimed] == bodies[:2]
     assert [row[0] for row in stored_rows(tmp_path)] == ["evt_body_00000", "evt_body_00001"]
@@ -240,11 +241,7 @@ async def test_startup_refuses_missing_segment(tmp_path):
     with pytest.raises(StoreError) as refused:
         await open_store(tmp_path)
     (tmp_path / "bodies.elsewhere").rename(tmp_path / FOLDER)
-    store = await open_store(tmp_path)
-    try:
-        claimed = await store.claim("ch_a", "default", "c1", 10)
-    finally:
-        await store.close()
+    claimed = await claim_after_restart(tmp_path)
 
     assert [event.body for event in claimed] == bodies
     assert "the bodies of 3 events are missing" in str(refused.value)
@@ -262,11 +259,7 @@ async def test_empty_segment_file_drops_its_events(tmp_path):
         await store.close()
     (tmp_path / FOLDER / "00000001.body").write_bytes(b"")
 
-    store = await open_store(tmp_path)
-    try:
-        claimed = await store.claim("ch_a", "default", "c1", 10)
-    finally:
-        await store.close()
+    claimed = await claim_after_restart(tmp_path)
     assert [event.id for event in claimed] == ["evt_body_00002"]
 
 
@@ -317,11 +310,7 @@ async def test_failed_write_leaves_segment_consistent(tmp_path):
         await store.close()
         signal.signal(signal.SIGXFSZ, previous)
 
-    store = await open_store(tmp_path)
-    try:
-        claimed = await store.claim("ch_a", "default", "c1", 10)
-    finally:
-        await store.close()
+    claimed = await claim_after_restart(tmp_path)
     assert "cannot write to body segment" in str(refused.value)
     assert [event.id for event in claimed] == ["evt_body_00000", "evt_body_00002"]
     assert [event.body for event in claimed] == [bodies[0], bodies[2]]
@@ -347,11 +336,7 @@ async def test_failed_segment_creation_keeps_numbering(tmp_path):
     finally:
         await store.close()
 
-    store = await open_store(tmp_path)
-    try:
-        claimed = await store.claim("ch_a", "default", "c1", 10)
-    finally:
-        await store.close()
+    claimed = await claim_after_restart(tmp_path)
     assert "cannot create body segment" in str(refused.value)
     assert [event.body for event in claimed] == [bodies[0], bodies[2]]
     assert segment_files(tmp_path) == ["00000001.body", "00000002.body"]
