@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 import secrets
 import time
 
@@ -21,14 +20,6 @@ EVENT_PREFIX = "evt_"
 # Compared against when a channel does not exist, so that the time a wrong
 # token takes does not tell whether the channel exists.
 _ABSENT_HASH = hashlib.sha256(b"no such channel").digest()
-
-# Random parts of event ids, 80 bits each as 20 hex digits. They are drawn
-# from os.urandom in batches, because one getrandom system call per id
-# roughly doubled the cost of new_event_id. list.pop hands out each part
-# once, even to threads racing on a refill, because each refill builds a new list.
-_EVENT_RANDOM_HEX = 20
-_EVENT_RANDOM_BATCH = 400
-_event_random_parts: list[str] = []
 
 
 def new_channel_id() -> str:
@@ -45,29 +36,7 @@ def new_token() -> str:
 def new_event_id(now: float | None = None) -> str:
     """Return an event id that sorts by arrival time (milliseconds) and is unique."""
     millis = int((time.time() if now is None else now) * 1000)
-    try:
-        random_part = _event_random_parts.pop()
-    except IndexError:
-        random_part = _refill_event_random_parts()
-    return f"{EVENT_PREFIX}{millis:012x}{random_part}"
-
-
-def _refill_event_random_parts() -> str:
-    """Draw a new batch of random parts, keep one for the caller and publish the rest."""
-    global _event_random_parts
-    digits = os.urandom(_EVENT_RANDOM_HEX // 2 * _EVENT_RANDOM_BATCH).hex()
-    parts = [digits[start : start + _EVENT_RANDOM_HEX] for start in range(0, len(digits), _EVENT_RANDOM_HEX)]
-    random_part = parts.pop()
-    _event_random_parts = parts
-    return random_part
-
-
-def _forget_event_random_parts() -> None:
-    # A forked child must not hand out the parent's remaining parts again.
-    _event_random_parts.clear()
-
-
-os.register_at_fork(after_in_child=_forget_event_random_parts)
+    return f"{EVENT_PREFIX}{millis:012x}{secrets.token_hex(10)}"
 
 
 def hash_token(token: str) -> bytes:

@@ -23,7 +23,7 @@ def test_event_ids_sort_by_time():
 
 
 def test_event_ids_unique():
-    """Ids drawn in one millisecond differ, also across refills of the random pool."""
+    """Ids drawn in one millisecond differ."""
     ids = [new_event_id(now=1000.0) for _ in range(5000)]
 
     assert len(set(ids)) == len(ids)
