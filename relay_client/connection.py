@@ -27,7 +27,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from relay_client import __version__
 from relay_client.config import ListenerConfig
-from relay_client.errors import RelayRejected, RelayUnreachable, TokenRotated, Unauthorized
+from relay_client.errors import RelayRejected, RelayUnreachable, TokenRevoked, Unauthorized
 from relay_client.forwarder import Attempt, Forwarder
 from relay_server.protocol import (
     CLOSE_UNAUTHORIZED,
@@ -98,7 +98,7 @@ class Listener:
                 if exc.rcvd is not None and exc.rcvd.code == CLOSE_UNAUTHORIZED:
                     # A reconnect with the same token can only be refused.
                     await self._finish_running()
-                    raise TokenRotated(self.config.relay_at(self._attempt), self.config.channel) from None
+                    raise TokenRevoked(self.config.relay_at(self._attempt), self.config.channel) from None
                 reason = str(exc) or type(exc).__name__
             except (RelayUnreachable, ProtocolError, OSError) as exc:
                 reason = str(exc) or type(exc).__name__

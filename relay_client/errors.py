@@ -7,7 +7,7 @@ Tree::
     ├── NotARelay            a server answered, but not as a hookrelay relay does
     ├── RelayRejected        the relay answered with a refusal (bad token, bad request)
     │   ├── Unauthorized     the channel token was not accepted
-    │   │   └── TokenRotated  the relay disconnected the listener at a token rotation
+    │   │   └── TokenRevoked  the relay cut off the listener: token rotated or channel deleted
     │   └── AdminUnauthorized  the admin token was missing or not accepted
     ├── TargetError          one attempt to deliver an event to the target failed
     └── UsageError           an option or config value is invalid
@@ -76,7 +76,7 @@ class Unauthorized(RelayRejected):
         )
 
 
-class TokenRotated(Unauthorized):
+class TokenRevoked(Unauthorized):
     """The relay closed the connection because the channel's token no longer opens it: rotated, or the channel deleted."""
 
     def __str__(self) -> str:

@@ -95,7 +95,7 @@ class BodyLog:
             _write_at(self._fd, body, offset)
         except OSError as exc:
             self._cut_back(offset)
-            raise StoreError("write", f"cannot write to body segment {self._path(self._current)}: {exc.strerror}") from None
+            raise StoreError("write", f"cannot write to body segment {self.path_of(self._current)}: {exc.strerror}") from None
         self._size += len(body)
         with self._lock:
             self._dirty = True
@@ -103,7 +103,7 @@ class BodyLog:
 
     def _start_segment(self) -> None:
         number = self._current + 1
-        path = self._path(number)
+        path = self.path_of(number)
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except OSError as exc:
@@ -133,7 +133,7 @@ class BodyLog:
         Each read opens the file: reads from segments are rare (claims of
         recent events come from memory), and no descriptor stays open.
         """
-        path = self._path(segment)
+        path = self.path_of(segment)
         try:
             fd = os.open(path, os.O_RDONLY)
             try:
@@ -181,14 +181,14 @@ class BodyLog:
         """Delete ``segments``; call only with segments that :meth:`unused` returned."""
         for segment in segments:
             try:
-                self._path(segment).unlink()
+                self.path_of(segment).unlink()
             except FileNotFoundError:
                 continue
             except OSError as exc:
                 # The next pruning pass finds it unused again.
-                logger.error("body segment not removed path=%s: %s", self._path(segment), exc.strerror)
+                logger.error("body segment not removed path=%s: %s", self.path_of(segment), exc.strerror)
                 continue
-            logger.info("body segment removed path=%s", self._path(segment))
+            logger.info("body segment removed path=%s", self.path_of(segment))
 
     def missing_from(self, ends: dict[int, int]) -> dict[int, int | None]:
         """Compare the end of the last body each row names with each segment's size.
@@ -201,9 +201,6 @@ class BodyLog:
         sizes = self.sizes()
         return {segment: sizes.get(segment) for segment, end in ends.items() if sizes.get(segment, -1) < end}
 
-    def path_of(self, segment: int) -> Path:
-        return self._path(segment)
-
     def close(self) -> None:
         """Sync and close every file; call once no batch runs."""
         self.sync()
@@ -212,7 +209,7 @@ class BodyLog:
         if fd is not None:
             os.close(fd)
 
-    def _path(self, segment: int) -> Path:
+    def path_of(self, segment: int) -> Path:
         return self.folder / f"{segment:08d}{_SUFFIX}"
 
 
