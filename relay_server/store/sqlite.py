@@ -611,8 +611,9 @@ class SQLiteStore(EventStore):
         if count <= 0:
             return []
         # NOTE: a claim's weight is unknown before it runs, so it counts as
-        # small. Claiming 25 MiB events therefore reads their bodies on the
-        # event loop's thread, bounded by the listener's window (2 x --concurrency).
+        # small. Claiming large events that are no longer in memory therefore
+        # reads their bodies from segments on the event loop's thread, up to
+        # ``count`` of them (a session claims at most 64 at a time).
         return await self._submit(lambda conn: self._claim(conn, channel, group, consumer, count))
 
     def _claim(self, conn: sqlite3.Connection, channel: str, group: str, consumer: str, count: int) -> list[Event]:
