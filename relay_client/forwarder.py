@@ -30,12 +30,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiohttp
-from yarl import URL
-
-from relay_client import rawhttp
 from relay_client.config import ListenerConfig
-from relay_client.rawhttp import RawRequestError
+from relay_client.target_client import RawRequestError, TargetClient
 from relay_client.retry import is_retryable_status, parse_retry_after
 from relay_server.protocol import DeliveryResult, Event, TargetResponse
 
@@ -49,12 +45,9 @@ EVENT_ID_HEADER = b"X-Hookrelay-Event-Id"
 # only the relay's own check reaches the target under this name.
 VERIFIED_HEADER = b"X-Hookrelay-Verified"
 ATTEMPT_HEADER = b"X-Hookrelay-Attempt"
-_SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
 # A target's response is read for its status; its body matters only up to here,
 # unless a sender waits for it (sync channels), which gets up to the second.
 _MAX_RESPONSE_BODY = 1024 * 1024
-# Methods that aiohttp sends without a Content-Length when there is no body.
-_BODILESS_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE"})
 _MAX_SENDER_ANSWER = 25 * 1024 * 1024
 
 
@@ -121,24 +114,6 @@ def _add_forwarded(headers: list[tuple[bytes, bytes]], present: set[bytes], even
         headers.append((b"X-Forwarded-Proto", event.scheme.encode("latin-1")))
 
 
-def as_text_headers(headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]] | None:
-    """Convert headers for aiohttp, or return None when aiohttp would not send them as they are.
-
-    aiohttp encodes values as UTF-8, so a value that decodes as UTF-8 goes out
-    as the same bytes. Two cases need :mod:`relay_client.rawhttp` instead: a
-    value that is not valid UTF-8, and a name repeated in another spelling
-    (``X-Test`` and ``x-test``), because aiohttp keeps only the last of those.
-    """
-    spellings: dict[bytes, bytes] = {}
-    for name, _ in headers:
-        if spellings.setdefault(name.lower(), name) != name:
-            return None
-    try:
-        return [(name.decode("latin-1"), value.decode("utf-8")) for name, value in headers]
-    except UnicodeDecodeError:
-        return None
-
-
 class Forwarder:
     """Sends events to one target over a keep-alive connection pool."""
 
@@ -146,33 +121,23 @@ class Forwarder:
         self,
         config: ListenerConfig,
         *,
-        session: aiohttp.ClientSession | None = None,
         on_attempt: Callable[[Attempt], None] = lambda attempt: None,
         sleep: Callable[[float], object] = asyncio.sleep,
         sign: Callable[[Event, list[tuple[bytes, bytes]]], list[tuple[bytes, bytes]]] | None = None,
     ) -> None:
         self.config = config
         self._sign = sign
-        self._session = session
-        self._owns_session = session is None
+        self._client: TargetClient | None = None
         self._on_attempt = on_attempt
         self._sleep = sleep
 
     async def __aenter__(self) -> Forwarder:
-        if self._session is None:
-            connector = aiohttp.TCPConnector(limit=max(8, self.config.concurrency * 2), enable_cleanup_closed=True)
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                skip_auto_headers=_SKIP_AUTO_HEADERS,
-                auto_decompress=False,
-                cookie_jar=aiohttp.DummyCookieJar(),
-                timeout=aiohttp.ClientTimeout(total=self.config.timeout),
-            )
+        self._client = TargetClient(self.config.target, max_idle=max(8, self.config.concurrency * 2))
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._owns_session and self._session is not None:
-            await self._session.close()
+        if self._client is not None:
+            await self._client.close()
 
     async def deliver(self, event: Event, on_attempt: Callable[[Attempt], None] | None = None) -> DeliveryResult:
         """Try ``event`` until the target responds, the policy gives up, or it is cancelled.
@@ -220,7 +185,7 @@ class Forwarder:
             response = await self._send(event, headers)
         except asyncio.TimeoutError:
             return None, f"timed out after {self.config.timeout:g} s", None, _elapsed_ms(started), None
-        except (aiohttp.ClientError, RawRequestError, OSError) as exc:
+        except (RawRequestError, OSError) as exc:
             return None, _describe(exc), None, _elapsed_ms(started), None
         status = response.status
         error = None if status < 400 else f"HTTP {status}"
@@ -230,48 +195,19 @@ class Forwarder:
 
     async def _send(self, event: Event, headers: list[tuple[bytes, bytes]]) -> TargetResponse:
         """Send one request and return the target's response, its body cut at the reading limit."""
-        assert self._session is not None, "use the forwarder as an async context manager"
-        path = self.config.target.url_for(event.target.decode("utf-8", "surrogateescape"))
-        text_headers = as_text_headers(headers)
+        assert self._client is not None, "use the forwarder as an async context manager"
+        target = self.config.target
+        path = target.url_for(event.target.decode("utf-8", "surrogateescape"))[len(target.origin) :]
         limit = _MAX_SENDER_ANSWER if event.respond else _MAX_RESPONSE_BODY
-        if text_headers is None or _gains_content_length(event, headers):
-            raw_path = path[len(self.config.target.origin) :].encode("utf-8", "surrogateescape")
-            answer = await rawhttp.exchange(
-                self.config.target, event.method, raw_path, headers, event.body, timeout=self.config.timeout, max_body=limit
-            )
-            return TargetResponse(event.id, answer.status, tuple(answer.headers), answer.body)
-
-        data = event.body or None
-        async with self._session.request(
-            event.method, URL(path, encoded=True), headers=text_headers, data=data, allow_redirects=False, compress=None
-        ) as response:
-            body = await _read_up_to(response.content, limit)
-            return TargetResponse(event.id, response.status, tuple(response.raw_headers), body)
-
-
-def _gains_content_length(event: Event, headers: list[tuple[bytes, bytes]]) -> bool:
-    """Return True when aiohttp would add a Content-Length that the sender did not send.
-
-    aiohttp gives a request without a body "Content-Length: 0" unless its
-    method is GET, HEAD, OPTIONS or TRACE. Such a request goes out through
-    rawhttp, which sends the head as it is.
-    """
-    if event.body or event.method in _BODILESS_METHODS:
-        return False
-    return not any(name.lower() == b"content-length" for name, _ in headers)
-
-
-async def _read_up_to(content: aiohttp.StreamReader, limit: int) -> bytes:
-    """Read the body until its end or ``limit`` bytes, whichever comes first."""
-    chunks: list[bytes] = []
-    size = 0
-    while size < limit:
-        chunk = await content.read(min(65536, limit - size))
-        if not chunk:
-            break
-        chunks.append(chunk)
-        size += len(chunk)
-    return b"".join(chunks)
+        answer = await self._client.exchange(
+            event.method,
+            path.encode("utf-8", "surrogateescape"),
+            headers,
+            event.body,
+            timeout=self.config.timeout,
+            max_body=limit,
+        )
+        return TargetResponse(event.id, answer.status, tuple(answer.headers), answer.body)
 
 
 def _elapsed_ms(started: float) -> float:
@@ -279,10 +215,8 @@ def _elapsed_ms(started: float) -> float:
 
 
 def _describe(exc: Exception) -> str:
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"connection failed: {exc.os_error.strerror or exc.os_error}"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "the target closed the connection without an answer"
+    if isinstance(exc, RawRequestError):
+        return str(exc)
     if isinstance(exc, OSError):
         return f"connection failed: {exc.strerror or exc}"
     return f"{type(exc).__name__}: {exc}"

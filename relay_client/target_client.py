@@ -1,0 +1,300 @@
+"""Send requests to the local target over kept-alive HTTP/1.1 connections, the head as given.
+
+The forwarder promises that the target receives the sender's request: every
+header name in its spelling, every value byte, repeats and order. A general
+HTTP client changes some of that (aiohttp encodes values as UTF-8, merges
+names that differ only in case and adds a ``Content-Length: 0`` of its own),
+and building its request and response objects cost a listener about a third
+of its CPU per event. This client writes the head exactly as the forwarder
+built it, in one write with the body, and parses the response with httptools
+(llhttp).
+
+Contract:
+
+* one :class:`TargetClient` per target origin; it keeps at most ``max_idle``
+  idle connections and closes a connection idle for longer than
+  :data:`IDLE_SECONDS`;
+* a request that fails on a reused connection before any byte of a
+  response arrived is sent again once, on a new connection, because the
+  target closed the idle connection while the request was on its way;
+* informational responses (1xx) are skipped, and the response to a HEAD
+  request has no body whatever its ``Content-Length`` header;
+* the response body is kept up to ``max_body`` bytes. A connection whose
+  response was cut there, or that the target asked to close, is not reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from dataclasses import dataclass
+from typing import cast
+
+import httptools
+
+from relay_client.config import Target
+
+logger = logging.getLogger("hookrelay.client.target")
+
+# Close kept-alive connections idle for longer than this instead of reusing
+# them. uvicorn and Node.js servers close idle connections after 5 seconds by default.
+IDLE_SECONDS = 4.0
+_FORBIDDEN_IN_TARGET = frozenset(b"\r\n\x00 ")
+_FORBIDDEN_IN_VALUE = frozenset(b"\r\n\x00")
+_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+@dataclass(frozen=True, slots=True)
+class RawResponse:
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+class RawRequestError(Exception):
+    """The request could not be sent as given, or the target's response was not valid HTTP/1.1."""
+
+
+class _NoResponse(RawRequestError):
+    """The connection ended before the first byte of a response."""
+
+
+def encode_head(method: str, path: bytes, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+    """Return the request line and headers as bytes, adding only a missing ``Content-Length`` for a body.
+
+    Raises :class:`RawRequestError` for a method, target, header name or value
+    that cannot be written without changing the message (a space or line
+    break in the target, a line break in a value, a name that is not a token).
+    """
+    if not method or not set(method.encode("latin-1", "replace")) <= _TOKEN:
+        raise RawRequestError(f"the method {method!r} is not an HTTP token and cannot be sent")
+    if not path or not _FORBIDDEN_IN_TARGET.isdisjoint(path):
+        raise RawRequestError(f"the request target {path!r} contains a space, CR, LF or NUL and cannot be sent")
+    lines = [method.encode("latin-1"), b" ", path, b" HTTP/1.1\r\n"]
+    has_length = False
+    for name, value in headers:
+        if not name or not set(name) <= _TOKEN:
+            raise RawRequestError(f"the header name {name!r} is not an HTTP token and cannot be sent")
+        if not _FORBIDDEN_IN_VALUE.isdisjoint(value):
+            raise RawRequestError(f"the value of header {name.decode('latin-1')} contains CR, LF or NUL and cannot be sent")
+        has_length = has_length or name.lower() == b"content-length"
+        lines += (name, b": ", value, b"\r\n")
+    if body and not has_length:
+        lines += (b"Content-Length: ", str(len(body)).encode(), b"\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+class _Connection(asyncio.Protocol):
+    """One connection to the target, serving one request at a time.
+
+    The httptools parser calls the ``on_*`` methods as the response arrives.
+    :meth:`exchange` waits for the whole response, or for its head when the
+    request was HEAD.
+    """
+
+    def __init__(self) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._waiter: asyncio.Future[RawResponse] | None = None
+        self._writable: asyncio.Future[None] | None = None
+        self._status = 0
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._max_body = 0
+        self._head_only = False
+        self._answered = False
+        self._framed = False
+        self.reusable = False
+        self.closed = False
+        self.idle_since = 0.0
+
+    async def exchange(self, head: bytes, body: bytes, *, max_body: int, head_only: bool) -> RawResponse:
+        """Write the request and return the response. The caller closes the connection if this raises."""
+        assert self._transport is not None and self._waiter is None
+        loop = asyncio.get_running_loop()
+        self._waiter = loop.create_future()
+        self._max_body = max_body
+        self._head_only = head_only
+        self._answered = False
+        self.reusable = False
+        self._transport.writelines((head, body) if body else (head,))
+        try:
+            if self._writable is not None:
+                await self._writable
+            return await self._waiter
+        finally:
+            self._waiter = None
+
+    def close(self) -> None:
+        self.reusable = False
+        if self._transport is not None and not self.closed:
+            self._transport.close()
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport instances but have its methods.
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._waiter is None or self._waiter.done():
+            # Unexpected bytes between requests: the connection is out of step.
+            self.close()
+            return
+        self._answered = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._finish(reusable=False)
+        except httptools.HttpParserError as exc:
+            self._fail(RawRequestError(f"the target's response is not valid HTTP/1.1: {exc}"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.reusable = False
+        self._resume()
+        if self._waiter is None or self._waiter.done():
+            return
+        if not self._answered:
+            self._fail(_NoResponse("the target closed the connection without a response"))
+        elif self._status and not self._framed:
+            self._finish(reusable=False)  # The body ran to the end of the connection.
+        else:
+            self._fail(RawRequestError("the target closed the connection in the middle of its response"))
+
+    def pause_writing(self) -> None:
+        if self._writable is None:
+            self._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        self._resume()
+
+    # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self._waiter is None or self._waiter.done():
+            self.close()  # An unexpected response follows the last one.
+        self._status = 0
+        self._headers = []
+        self._chunks = []
+        self._size = 0
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        self._status = self._parser.get_status_code()
+        lowered = {name.lower() for name, _ in self._headers}
+        self._framed = b"content-length" in lowered or b"transfer-encoding" in lowered
+        if self._head_only and self._status >= 200:
+            self._finish(reusable=False)
+
+    def on_body(self, chunk: bytes) -> None:
+        room = self._max_body - self._size
+        if room > 0:
+            self._chunks.append(chunk[:room])
+        self._size += len(chunk)
+        if self._size >= self._max_body:
+            self._finish(reusable=False)
+            self.close()
+
+    def on_message_complete(self) -> None:
+        if 100 <= self._status < 200 and self._status != 101:
+            return  # An informational response. The final one follows.
+        self._finish(reusable=self._parser.should_keep_alive())
+
+    def _finish(self, *, reusable: bool) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self.reusable = reusable and not self.closed
+            self._waiter.set_result(RawResponse(self._status, self._headers, b"".join(self._chunks)))
+
+    def _fail(self, exc: RawRequestError) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(exc)
+
+    def _resume(self) -> None:
+        if self._writable is not None:
+            if not self._writable.done():
+                self._writable.set_result(None)
+            self._writable = None
+
+
+class TargetClient:
+    """Kept-alive HTTP/1.1 connections to one target, used one request at a time each."""
+
+    def __init__(self, target: Target, *, max_idle: int) -> None:
+        self.target = target
+        self._max_idle = max(1, max_idle)
+        self._idle: list[_Connection] = []
+        self._ssl = ssl.create_default_context() if target.scheme == "https" else None
+
+    async def exchange(
+        self,
+        method: str,
+        path: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        *,
+        timeout: float,
+        max_body: int,
+    ) -> RawResponse:
+        """Send the request and read the response, keeping at most ``max_body`` bytes of its body.
+
+        Raises :class:`RawRequestError`, :class:`OSError` (including
+        :class:`ssl.SSLError`) or :class:`TimeoutError` after ``timeout`` seconds.
+        """
+        head = encode_head(method, path, headers, body)
+        head_only = method == "HEAD"
+        async with asyncio.timeout(timeout):
+            connection = self._take_idle()
+            if connection is not None:
+                try:
+                    return await self._exchange_on(connection, head, body, max_body, head_only)
+                except _NoResponse as exc:
+                    logger.debug("sending again on a new connection target=%s error=%s", self.target.redacted(), exc)
+            connection = await self._open()
+            return await self._exchange_on(connection, head, body, max_body, head_only)
+
+    async def close(self) -> None:
+        """Close every idle connection; connections in use close when their request ends."""
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()
+
+    async def _exchange_on(self, connection: _Connection, head: bytes, body: bytes, max_body: int, head_only: bool) -> RawResponse:
+        try:
+            response = await connection.exchange(head, body, max_body=max_body, head_only=head_only)
+        except BaseException:
+            connection.close()
+            raise
+        self._release(connection)
+        return response
+
+    def _take_idle(self) -> _Connection | None:
+        # Connections are appended as they fall idle, so expired ones come first.
+        expired = time.monotonic() - IDLE_SECONDS
+        while self._idle and self._idle[0].idle_since <= expired:
+            self._idle.pop(0).close()
+        while self._idle:
+            connection = self._idle.pop()
+            if not connection.closed:
+                return connection
+        return None
+
+    def _release(self, connection: _Connection) -> None:
+        if connection.reusable and len(self._idle) < self._max_idle:
+            connection.idle_since = time.monotonic()
+            self._idle.append(connection)
+        else:
+            connection.close()
+
+    async def _open(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        host = self.target.host.strip("[]")
+        _, connection = await loop.create_connection(_Connection, host, self.target.port, ssl=self._ssl)
+        return connection

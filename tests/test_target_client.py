@@ -1,0 +1,265 @@
+"""The listener's HTTP/1.1 client against scripted targets on loopback: reuse, framing, failures."""
+
+import asyncio
+
+import pytest
+
+from relay_client import target_client
+from relay_client.config import parse_target
+from relay_client.target_client import RawRequestError, TargetClient, encode_head
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+class ScriptedTarget:
+    """A loopback server that responds to each request with what ``answer`` returns.
+
+    ``answer(connection, number, request)`` gets the connection's index, the
+    request's index on that connection and the request's bytes, and returns
+    the bytes to write, or None to close the connection without a response.
+    """
+
+    def __init__(self, answer=lambda connection, number, request: OK, *, close_after=False):
+        self.answer = answer
+        self.close_after = close_after
+        self.connections = 0
+        self.requests = []
+        self.closed = asyncio.Event()
+
+    async def __aenter__(self):
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc_info):
+        self.server.close()
+        await self.server.wait_closed()
+
+    async def _serve(self, reader, writer):
+        connection = self.connections
+        self.connections += 1
+        number = 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    (int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), 0
+                )
+                request = head + await reader.readexactly(length)
+                self.requests.append((connection, request))
+                answer = self.answer(connection, number, request)
+                number += 1
+                if answer is None:
+                    break
+                writer.write(answer)
+                await writer.drain()
+                if self.close_after:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            self.closed.set()
+            writer.close()
+
+
+def client_for(port, max_idle=4):
+    return TargetClient(parse_target(f"127.0.0.1:{port}"), max_idle=max_idle)
+
+
+async def send(client, method="POST", body=b"{}", max_body=1 << 20, timeout=5.0):
+    return await client.exchange(method, b"/hook", [(b"Host", b"t")], body, timeout=timeout, max_body=max_body)
+
+
+async def test_connection_is_kept_alive_between_requests():
+    async with ScriptedTarget() as target:
+        client = client_for(target.port)
+        first = await send(client)
+        second = await send(client)
+        await client.close()
+    assert (first.status, first.body, second.body) == (200, b"ok", b"ok")
+    assert target.connections == 1
+
+
+async def test_stale_connection_request_sent_again():
+    """The target closes an idle connection as the next request arrives, so it goes out again on a new one."""
+    async with ScriptedTarget(lambda connection, number, request: None if (connection, number) == (0, 1) else OK) as target:
+        client = client_for(target.port)
+        await send(client)
+        answer = await send(client)
+        await client.close()
+    assert answer.status == 200
+    assert [connection for connection, _ in target.requests] == [0, 0, 1]
+
+
+async def test_new_connection_without_response_fails():
+    async with ScriptedTarget(lambda connection, number, request: None) as target:
+        client = client_for(target.port)
+        with pytest.raises(RawRequestError, match="without a response"):
+            await send(client)
+    assert len(target.requests) == 1
+
+
+async def test_connection_closed_by_target_not_reused():
+    async with ScriptedTarget(close_after=True) as target:
+        client = client_for(target.port)
+        await send(client)
+        await target.closed.wait()
+        await asyncio.sleep(0.05)
+        answer = await send(client)
+    assert (answer.status, target.connections, len(target.requests)) == (200, 2, 2)
+
+
+async def test_informational_responses_skipped():
+    continue_then_ok = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n" + OK
+    async with ScriptedTarget(lambda *_: continue_then_ok) as target:
+        client = client_for(target.port)
+        answer = await send(client)
+        again = await send(client)
+    assert (answer.status, answer.body, again.status) == (200, b"ok", 200)
+    assert target.connections == 1
+
+
+async def test_head_response_has_no_body():
+    head_answer = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"
+    async with ScriptedTarget(lambda *_: head_answer) as target:
+        client = client_for(target.port)
+        answer = await send(client, method="HEAD", body=b"")
+        await send(client, method="HEAD", body=b"")
+    assert (answer.status, answer.body) == (200, b"")
+    assert target.connections == 2
+
+
+async def test_chunked_body_is_read_whole():
+    chunked = b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    async with ScriptedTarget(lambda *_: chunked) as target:
+        client = client_for(target.port)
+        first = await send(client)
+        second = await send(client)
+    assert (first.status, first.body, second.body) == (201, b"abcde", b"abcde")
+    assert target.connections == 1
+
+
+async def test_body_without_length_read_to_close():
+    async with ScriptedTarget(lambda *_: b"HTTP/1.1 200 OK\r\n\r\nuntil the end", close_after=True) as target:
+        client = client_for(target.port)
+        answer = await send(client)
+    assert (answer.status, answer.body) == (200, b"until the end")
+
+
+async def test_response_cut_short_fails():
+    async with ScriptedTarget(lambda *_: b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", close_after=True) as target:
+        client = client_for(target.port)
+        with pytest.raises(RawRequestError, match="in the middle of its response"):
+            await send(client)
+
+
+async def test_body_cut_at_limit():
+    long_answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 100
+    async with ScriptedTarget(lambda *_: long_answer) as target:
+        client = client_for(target.port)
+        answer = await send(client, max_body=10)
+        await send(client, max_body=10)
+    assert answer.body == b"x" * 10
+    assert target.connections == 2
+
+
+async def test_connection_close_not_reused():
+    closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+    async with ScriptedTarget(lambda *_: closing) as target:
+        client = client_for(target.port)
+        await send(client)
+        await send(client)
+    assert target.connections == 2
+
+
+async def test_response_not_http_fails():
+    async with ScriptedTarget(lambda *_: b"SSH-2.0-OpenSSH\r\n\r\n") as target:
+        client = client_for(target.port)
+        with pytest.raises(RawRequestError, match="not valid HTTP/1.1"):
+            await send(client)
+
+
+async def test_timeout_closes_the_connection():
+    async with ScriptedTarget(lambda *_: b"") as target:
+        client = client_for(target.port)
+        with pytest.raises(TimeoutError):
+            await send(client, timeout=0.2)
+        await asyncio.wait_for(target.closed.wait(), 5)
+        assert client._idle == []
+
+
+async def test_expired_idle_connection_not_reused(monkeypatch):
+    monkeypatch.setattr(target_client, "IDLE_SECONDS", 0.0)
+    async with ScriptedTarget() as target:
+        client = client_for(target.port)
+        await send(client)
+        await send(client)
+    assert target.connections == 2
+
+
+async def test_idle_connections_capped():
+    async with ScriptedTarget() as target:
+        client = client_for(target.port, max_idle=1)
+        await asyncio.gather(send(client), send(client), send(client))
+        assert len(client._idle) == 1
+        await asyncio.gather(send(client), send(client))
+        await client.close()
+    assert target.connections == 4
+
+
+async def test_large_body_reaches_slow_reader():
+    """An 8 MiB body fills the socket buffers, and the request waits for the reader instead of failing."""
+    body = bytes(range(256)) * (8 * 4096)
+    received = []
+
+    async def slow(reader, writer):
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(next(line for line in head.split(b"\r\n") if line.startswith(b"Content-Length")).split(b":")[1])
+        while length:
+            chunk = await reader.read(min(length, 65536))
+            received.append(chunk)
+            length -= len(chunk)
+            await asyncio.sleep(0.001)
+        writer.write(OK)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(slow, "127.0.0.1", 0)
+    try:
+        client = client_for(server.sockets[0].getsockname()[1])
+        answer = await send(client, body=body, timeout=30)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert answer.status == 200
+    assert b"".join(received) == body
+
+
+def test_head_is_written_as_given():
+    headers = [(b"Host", b"t"), (b"X-Rep", b"1"), (b"x-rep", b"\xe9"), (b"X-Rep", b"2")]
+    head = encode_head("POST", b"/a%2Fb?c=d&%zz", headers, b"body")
+    assert head == b"POST /a%2Fb?c=d&%zz HTTP/1.1\r\nHost: t\r\nX-Rep: 1\r\nx-rep: \xe9\r\nX-Rep: 2\r\nContent-Length: 4\r\n\r\n"
+
+
+def test_head_content_length_rules():
+    assert b"Content-Length" not in encode_head("DELETE", b"/", [(b"Host", b"t")], b"")
+    sender_length = encode_head("POST", b"/", [(b"content-length", b"2")], b"ab")
+    assert sender_length.count(b"ength") == 1
+
+
+@pytest.mark.parametrize(
+    "method, path, headers",
+    [
+        ("POST", b"/a b", []),
+        ("POST", b"/a\r\nX-Injected: 1", []),
+        ("POST", b"", []),
+        ("PO ST", b"/", []),
+        ("POST", b"/", [(b"X-Bad", b"a\r\nX-Injected: 1")]),
+        ("POST", b"/", [(b"X-Bad", b"a\x00")]),
+        ("POST", b"/", [(b"X Bad", b"a")]),
+        ("POST", b"/", [(b"", b"a")]),
+    ],
+)
+def test_head_with_unsendable_parts_rejected(method, path, headers):
+    with pytest.raises(RawRequestError, match="cannot be sent"):
+        encode_head(method, path, headers, b"")
