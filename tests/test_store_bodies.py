@@ -7,7 +7,9 @@ files and the database the way an operator's tools would.
 import asyncio
 import logging
 import os
+import shutil
 import sqlite3
+import subprocess
 import time
 
 import pytest
@@ -352,3 +354,50 @@ async def test_newer_schema_is_refused(tmp_path):
     with pytest.raises(StoreError) as refused:
         await open_store(tmp_path)
     assert "written by a newer hookrelay (schema version 99, this one knows 2)" in str(refused.value)
+
+
+def resident_bytes(path):
+    """Return how many bytes of ``path`` are in the page cache, as util-linux fincore reports it."""
+    output = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--output", "RES", str(path)], capture_output=True, text=True, check=True
+    ).stdout
+    return int(output.strip())
+
+
+def drops_synced_pages(folder):
+    """Return True when this file system drops synced pages on POSIX_FADV_DONTNEED (tmpfs does not)."""
+    probe = folder / "probe"
+    with open(probe, "wb") as handle:
+        handle.write(os.urandom(1 << 20))
+        handle.flush()
+        os.fdatasync(handle.fileno())
+        os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    try:
+        return resident_bytes(probe) == 0
+    finally:
+        probe.unlink()
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fadvise") or shutil.which("fincore") is None, reason="needs posix_fadvise and fincore")
+async def test_synced_bodies_leave_page_cache(tmp_path):
+    """After a sync the segments' pages leave the page cache, and the bodies still read back from disk."""
+    if not drops_synced_pages(tmp_path):
+        pytest.skip(f"the file system of {tmp_path} keeps synced pages cached")
+    store = SQLiteStore(tmp_path)
+    store._bodies._segment_bytes = 4 * LARGE
+    await store.open()
+    await store.create_channel(ChannelRecord("ch_a", b"h", time.time()))
+    bodies = [large_body(n) for n in range(6)]
+    for n, body in enumerate(bodies):
+        await store.append(new_event(n, body))
+    segments = sorted((tmp_path / FOLDER).glob("*.body"))
+    assert len(segments) == 2
+    assert resident_bytes(segments[1]) > 0
+
+    await asyncio.get_running_loop().run_in_executor(None, store._bodies.sync)
+
+    assert [resident_bytes(path) for path in segments] == [0, 0]
+    forget_copies(store)
+    claimed = await store.claim("ch_a", "default", "c1", 10)
+    await store.close()
+    assert [event.body for event in claimed] == bodies
