@@ -28,7 +28,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from relay_client import __version__
 from relay_client.config import ListenerConfig
 from relay_client.errors import RelayRejected, RelayUnreachable, TokenRevoked, Unauthorized
-from relay_client.forwarder import Attempt, Forwarder
+from relay_client.forwarder import MAX_SENDER_ANSWER, Attempt, Forwarder
 from relay_server.protocol import (
     CLOSE_UNAUTHORIZED,
     AttemptReport,
@@ -39,6 +39,7 @@ from relay_server.protocol import (
     Welcome,
     decode_events,
     decode_text,
+    dump_json,
     encode_ack,
     encode_attempt,
     encode_response,
@@ -81,6 +82,8 @@ class Listener:
         self._attempt = 0
         # Reports of running deliveries go to the connection open at the time.
         self._outbox: asyncio.Queue[Outgoing] | None = None
+        # The largest response body for a waiting sender that the relay takes (its --max-body).
+        self._max_sender_response = MAX_SENDER_ANSWER
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, serve and reconnect with backoff until ``stop`` is set.
@@ -122,6 +125,7 @@ class Listener:
             welcome = await self._read_welcome(ws)
             logger.info("connected channel=%s group=%s consumer=%s backlog=%d", welcome.channel, welcome.group, welcome.consumer, welcome.backlog)
             self.events.connected(welcome)
+            self._max_sender_response = min(MAX_SENDER_ANSWER, welcome.max_body)
             await self._pump(ws, stop)
 
     def _connect(self) -> websockets.connect:
@@ -254,11 +258,29 @@ class Listener:
             if attempt.response is not None and not answered:
                 # The first answer is the one a waiting sender gets.
                 answered = True
-                outbox.put_nowait(attempt.response)
+                outbox.put_nowait(self._fitting_response(attempt.response))
             if not attempt.final:
                 outbox.put_nowait(AttemptReport(event.id, attempt.attempt, attempt.status, attempt.duration_ms, attempt.error))
 
         return await self.forwarder.deliver(event, on_attempt=report)
+
+    def _fitting_response(self, response: TargetResponse) -> TargetResponse:
+        """Return ``response``, or a 502 for the sender when its body is larger than the relay takes.
+
+        A cut body would reach the sender as if complete, and a frame over the
+        relay's limit would end the connection.
+        """
+        if len(response.body) <= self._max_sender_response:
+            return response
+        logger.warning(
+            "response too large for the waiting sender event_id=%s status=%d limit_bytes=%d; the sender gets 502",
+            response.event_id,
+            response.status,
+            self._max_sender_response,
+        )
+        message = f"the local server's response is larger than the relay's limit of {self._max_sender_response} bytes"
+        body = dump_json({"error": "response_too_large", "message": message})
+        return TargetResponse(response.event_id, 502, ((b"Content-Type", b"application/json"),), body)
 
     async def _send_acks(self, ws: websockets.ClientConnection, acks: asyncio.Queue[Outgoing]) -> None:
         """Send reports in order, batching results that finish together into one ack."""

@@ -48,7 +48,7 @@ ATTEMPT_HEADER = b"X-Hookrelay-Attempt"
 # A target's response is read for its status; its body matters only up to here,
 # unless a sender waits for it (sync channels), which gets up to the second.
 _MAX_RESPONSE_BODY = 1024 * 1024
-_MAX_SENDER_ANSWER = 25 * 1024 * 1024
+MAX_SENDER_ANSWER = 25 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,17 +71,22 @@ def forward_headers(event: Event, target_authority: str, host_header: str | None
     connection_tokens = _connection_tokens(event.headers)
     headers: list[tuple[bytes, bytes]] = []
     sender_host = None
+    chunked = False
     present: set[bytes] = set()
     for name, value in event.headers:
         lowered = name.lower()
         if lowered == b"host":
             sender_host = value
+        chunked = chunked or lowered == b"transfer-encoding"
         if lowered in HOP_BY_HOP or lowered in connection_tokens or lowered == b"x-hookrelay-verified":
             continue
         if lowered == b"content-length" and value.strip() != str(len(event.body)).encode():
             continue
         present.add(lowered)
         headers.append((name, value))
+    if chunked and b"content-length" not in present:
+        # The relay has the whole body, so it goes out with its length, empty or not.
+        headers.append((b"Content-Length", str(len(event.body)).encode()))
 
     headers.insert(0, (b"Host", (host_header or target_authority).encode("latin-1")))
     _add_forwarded(headers, present, event, sender_host)
@@ -198,7 +203,8 @@ class Forwarder:
         assert self._client is not None, "use the forwarder as an async context manager"
         target = self.config.target
         path = target.url_for(event.target.decode("utf-8", "surrogateescape"))[len(target.origin) :]
-        limit = _MAX_SENDER_ANSWER if event.respond else _MAX_RESPONSE_BODY
+        # One byte past the limit shows the listener that a response for a sender did not fit.
+        limit = MAX_SENDER_ANSWER + 1 if event.respond else _MAX_RESPONSE_BODY
         answer = await self._client.exchange(
             event.method,
             path.encode("utf-8", "surrogateescape"),

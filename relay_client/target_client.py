@@ -2,10 +2,10 @@
 
 The forwarder promises that the target receives the sender's request: every
 header name in its spelling, every value byte, repeats and order. A general
-HTTP client changes some of that (aiohttp encodes values as UTF-8, merges
-names that differ only in case and adds a ``Content-Length: 0`` of its own),
-and building its request and response objects cost a listener about a third
-of its CPU per event. This client writes the head exactly as the forwarder
+HTTP client changes some of that: aiohttp encodes values as UTF-8, merges
+names that differ only in case and adds a ``Content-Length: 0`` of its own.
+Building its request and response objects also cost a listener about a
+third of its CPU per event. This client writes the head exactly as the forwarder
 built it, in one write with the body, and parses the response with httptools
 (llhttp).
 
@@ -20,7 +20,11 @@ Contract:
 * informational responses (1xx) are skipped, and the response to a HEAD
   request has no body whatever its ``Content-Length`` header;
 * the response body is kept up to ``max_body`` bytes. A connection whose
-  response was cut there, or that the target asked to close, is not reused.
+  response was cut there, or that the target asked to close, is not reused;
+* a response that arrives before the body is written (a 413, say) ends the
+  request, and the rest of the body is not sent;
+* fields after a chunked body (trailers) are not added to the headers, and
+  a status outside 100-599 is an invalid response.
 """
 
 from __future__ import annotations
@@ -99,8 +103,9 @@ class _Connection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self._transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[RawResponse] | None = None
-        self._writable: asyncio.Future[None] | None = None
+        self._paused = False
         self._status = 0
+        self._in_head = False
         self._headers: list[tuple[bytes, bytes]] = []
         self._chunks: list[bytes] = []
         self._size = 0
@@ -123,15 +128,20 @@ class _Connection(asyncio.Protocol):
         self.reusable = False
         self._transport.writelines((head, body) if body else (head,))
         try:
-            if self._writable is not None:
-                await self._writable
+            # A target may respond before it has read the whole body (a 413, say),
+            # so the response is awaited, not the write.
             return await self._waiter
         finally:
             self._waiter = None
 
     def close(self) -> None:
         self.reusable = False
-        if self._transport is not None and not self.closed:
+        if self._transport is None or self.closed:
+            return
+        if self._transport.get_write_buffer_size():
+            # A body the target will not read: closing would wait for it to drain.
+            self._transport.abort()
+        else:
             self._transport.close()
 
     # asyncio.Protocol
@@ -157,22 +167,22 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.reusable = False
-        self._resume()
         if self._waiter is None or self._waiter.done():
             return
         if not self._answered:
             self._fail(_NoResponse("the target closed the connection without a response"))
-        elif self._status and not self._framed:
+        elif exc is None and self._status >= 200 and not self._in_head and not self._framed:
             self._finish(reusable=False)  # The body ran to the end of the connection.
+        elif exc is not None:
+            self._fail(RawRequestError(f"the target reset the connection in the middle of its response: {exc}"))
         else:
             self._fail(RawRequestError("the target closed the connection in the middle of its response"))
 
     def pause_writing(self) -> None:
-        if self._writable is None:
-            self._writable = asyncio.get_running_loop().create_future()
+        self._paused = True
 
     def resume_writing(self) -> None:
-        self._resume()
+        self._paused = False
 
     # httptools callbacks
 
@@ -180,15 +190,23 @@ class _Connection(asyncio.Protocol):
         if self._waiter is None or self._waiter.done():
             self.close()  # An unexpected response follows the last one.
         self._status = 0
+        self._in_head = True
         self._headers = []
         self._chunks = []
         self._size = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        # Fields after a chunked body (trailers) are not headers of the response.
+        if self._in_head:
+            self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
         self._status = self._parser.get_status_code()
+        if not 100 <= self._status <= 599:
+            self._fail(RawRequestError(f"the target's response has status {self._status}, outside 100-599"))
+            self.close()
+            return
         lowered = {name.lower() for name, _ in self._headers}
         self._framed = b"content-length" in lowered or b"transfer-encoding" in lowered
         if self._head_only and self._status >= 200:
@@ -210,18 +228,14 @@ class _Connection(asyncio.Protocol):
 
     def _finish(self, *, reusable: bool) -> None:
         if self._waiter is not None and not self._waiter.done():
-            self.reusable = reusable and not self.closed
+            # A request still being written when the response came cannot share the connection.
+            unsent = self._paused or (self._transport is not None and self._transport.get_write_buffer_size() > 0)
+            self.reusable = reusable and not self.closed and not unsent
             self._waiter.set_result(RawResponse(self._status, self._headers, b"".join(self._chunks)))
 
     def _fail(self, exc: RawRequestError) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(exc)
-
-    def _resume(self) -> None:
-        if self._writable is not None:
-            if not self._writable.done():
-                self._writable.set_result(None)
-            self._writable = None
 
 
 class TargetClient:

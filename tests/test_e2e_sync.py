@@ -71,6 +71,8 @@ class HandshakeApp:
             return web.Response(body=TWIML, content_type="application/xml")
         if route == "binary":
             return web.Response(body=BINARY, status=201, headers={"Content-Type": "application/octet-stream", "X-Custom": "kept"})
+        if route == "large":
+            return web.Response(body=b"x" * int(request.query["bytes"]), content_type="application/octet-stream")
         return web.Response(status=404)
 
 
@@ -183,6 +185,20 @@ async def test_binary_answer_with_status_and_headers(runner, shared_relay, app):
     assert answer.body == BINARY
     assert answer.header("X-Custom") == "kept"
     assert answer.header("Transfer-Encoding") is None
+
+
+async def test_answer_over_relay_limit_becomes_502(runner, tmp_path, app):
+    """An answer larger than the relay's --max-body reaches the sender as a 502, never cut, and the session stays up."""
+    relay = await runner.start_relay(tmp_path / "data", "--max-body", "1MiB")
+    channel = await sync_channel(runner, relay.url)
+    await listening(runner, relay, channel, app)
+
+    too_large = await send_request(channel.url, body=b"{}", tail="/large", query=f"bytes={3 << 20}")
+    fitting = await send_request(channel.url, body=b"{}", tail="/large", query=f"bytes={1 << 20}")
+
+    assert too_large.status == 502
+    assert too_large.json()["error"] == "response_too_large"
+    assert (fitting.status, len(fitting.body)) == (200, 1 << 20)
 
 
 async def test_timeout_falls_back_and_delivers_once(runner, shared_relay, app):

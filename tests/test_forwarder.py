@@ -157,6 +157,19 @@ async def test_empty_body_keeps_its_content_length():
     assert [value for name, value in headers if name.lower() == b"content-length"] == [b"0"]
 
 
+@pytest.mark.parametrize("body", [b"", b'{"chunked": true}'])
+async def test_chunked_body_arrives_with_content_length(body):
+    """A chunked request, empty or not, reaches the target with a Content-Length and no Transfer-Encoding."""
+    chunked = ((b"Content-Type", b"application/json"), (b"Transfer-Encoding", b"chunked"))
+    async with RawTarget() as target, Forwarder(config(target.port)) as forwarder:
+        await forwarder.deliver(event(method="POST", headers=chunked, body=body))
+        _, headers, received = target.requests[0]
+    lowered = [(name.lower(), value) for name, value in headers]
+    assert (b"content-length", str(len(body)).encode()) in lowered
+    assert b"transfer-encoding" not in [name for name, _ in lowered]
+    assert received == body
+
+
 async def test_base_path_is_joined_with_tail():
     """A target with a path receives <target path><tail>."""
     async with RawTarget() as target:

@@ -1,6 +1,8 @@
 """The listener's HTTP/1.1 client against scripted targets on loopback: reuse, framing, failures."""
 
 import asyncio
+import socket
+import struct
 
 import pytest
 
@@ -233,6 +235,75 @@ async def test_large_body_reaches_slow_reader():
         await server.wait_closed()
     assert answer.status == 200
     assert b"".join(received) == body
+
+
+async def test_informational_response_then_close_fails():
+    """A 100 Continue followed by a closed connection is no final response."""
+    async with ScriptedTarget(lambda *_: b"HTTP/1.1 100 Continue\r\n\r\n", close_after=True) as target:
+        client = client_for(target.port)
+        with pytest.raises(RawRequestError, match="in the middle of its response"):
+            await send(client)
+
+
+async def test_status_outside_http_range_fails():
+    async with ScriptedTarget(lambda *_: b"HTTP/1.1 600 Odd\r\nContent-Length: 0\r\n\r\n") as target:
+        client = client_for(target.port)
+        with pytest.raises(RawRequestError, match="status 600, outside 100-599"):
+            await send(client)
+
+
+async def test_trailers_are_not_response_headers():
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nRetry-After: 5\r\n\r\n"
+    async with ScriptedTarget(lambda *_: chunked) as target:
+        client = client_for(target.port)
+        answer = await send(client)
+    assert answer.body == b"ok"
+    assert answer.headers == [(b"Transfer-Encoding", b"chunked")]
+
+
+async def test_reset_during_unframed_body_fails():
+    """A body without a length that ends in a reset, not a close, is cut short."""
+
+    async def reset(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\npartial")
+        await writer.drain()
+        await asyncio.sleep(0.1)
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    server = await asyncio.start_server(reset, "127.0.0.1", 0)
+    try:
+        client = client_for(server.sockets[0].getsockname()[1])
+        with pytest.raises(RawRequestError, match="reset the connection"):
+            await send(client, body=b"")
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_early_response_to_unread_body_returns_at_once():
+    """A target that responds 413 after the head and never reads the body ends the request at once."""
+    release = asyncio.Event()
+
+    async def respond_early(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 9\r\n\r\ntoo large")
+        await writer.drain()
+        # The body is never read, so the client's writes stall once the socket buffers fill.
+        await asyncio.wait_for(release.wait(), 30)
+        writer.close()
+
+    server = await asyncio.start_server(respond_early, "127.0.0.1", 0, limit=1024)
+    try:
+        client = client_for(server.sockets[0].getsockname()[1])
+        answer = await send(client, body=b"x" * (32 << 20), timeout=5)
+    finally:
+        release.set()
+        server.close()
+        await server.wait_closed()
+    assert (answer.status, answer.body) == (413, b"too large")
+    assert client._idle == []
 
 
 def test_head_is_written_as_given():
