@@ -308,7 +308,29 @@ class TargetClient:
             connection.close()
 
     async def _open(self) -> _Connection:
-        loop = asyncio.get_running_loop()
         host = self.target.host.strip("[]")
-        _, connection = await loop.create_connection(_Connection, host, self.target.port, ssl=self._ssl)
+        try:
+            return await self._connect(host, host)
+        except OSError as exc:
+            if host.lower() != "localhost":
+                raise
+            failure = exc
+
+        # "localhost" means the loopback, but a hosts file may list only one
+        # of its addresses while a dev server listens on the other.
+        for address in ("127.0.0.1", "::1"):
+            try:
+                connection = await self._connect(address, host)
+            except OSError:
+                continue
+            logger.debug("connected to localhost at %s target=%s", address, self.target.redacted())
+            return connection
+        raise failure
+
+    async def _connect(self, address: str, host: str) -> _Connection:
+        loop = asyncio.get_running_loop()
+        server_hostname = host if self._ssl is not None else None
+        _, connection = await loop.create_connection(
+            _Connection, address, self.target.port, ssl=self._ssl, server_hostname=server_hostname
+        )
         return connection

@@ -306,6 +306,37 @@ async def test_early_response_to_unread_body_returns_at_once():
     assert client._idle == []
 
 
+def ipv6_loopback_available():
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not ipv6_loopback_available(), reason="this machine has no IPv6 loopback")
+async def test_localhost_reaches_a_server_on_ipv6_loopback_only():
+    """A target named localhost that listens on ::1 only is reached whatever the hosts file lists."""
+    server = await asyncio.start_server(lambda reader, writer: answer_once(reader, writer), "::1", 0)
+    try:
+        client = TargetClient(parse_target(f"localhost:{server.sockets[0].getsockname()[1]}"), max_idle=1)
+        answer = await send(client)
+        await client.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert answer.status == 200
+
+
+async def answer_once(reader, writer):
+    await reader.readuntil(b"\r\n\r\n")
+    await reader.readexactly(2)
+    writer.write(OK)
+    await writer.drain()
+    writer.close()
+
+
 def test_head_is_written_as_given():
     headers = [(b"Host", b"t"), (b"X-Rep", b"1"), (b"x-rep", b"\xe9"), (b"X-Rep", b"2")]
     head = encode_head("POST", b"/a%2Fb?c=d&%zz", headers, b"body")
