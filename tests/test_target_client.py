@@ -1,8 +1,11 @@
 """The listener's HTTP/1.1 client against scripted targets on loopback: reuse, framing, failures."""
 
 import asyncio
+import shutil
 import socket
+import ssl
 import struct
+import subprocess
 
 import pytest
 
@@ -365,3 +368,32 @@ def test_head_content_length_rules():
 def test_head_with_unsendable_parts_rejected(method, path, headers):
     with pytest.raises(RawRequestError, match="cannot be sent"):
         encode_head(method, path, headers, b"")
+
+
+@pytest.fixture
+def self_signed(tmp_path):
+    """A certificate and key for localhost that no system CA has signed, made with the openssl command."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+async def test_https_target_verifies_its_certificate(self_signed):
+    """An https target is reached over TLS, and a certificate no CA signed fails the request."""
+    cert, key = self_signed
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    server = await asyncio.start_server(lambda reader, writer: writer.close(), "127.0.0.1", 0, ssl=context)
+    try:
+        client = TargetClient(parse_target(f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"), max_idle=1)
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await send(client)
+    finally:
+        server.close()
+        await server.wait_closed()
