@@ -109,6 +109,10 @@ def target_response(response: TargetResponse) -> web.Response:
         # NOTE: aiohttp writes header values as UTF-8, so a value that is not
         # valid UTF-8 reaches the sender with U+FFFD in place of those bytes.
         answer.headers.add(text_name, value.decode("utf-8", "replace"))
+    length = next((value for name, value in response.headers if name.lower() == b"content-length"), None)
+    if not response.body and length is not None:
+        # The response to a HEAD request (or a 304) states the length of a body it does not carry.
+        answer.headers["Content-Length"] = length.decode("latin-1").strip()
     answer.headers["X-Hookrelay-Event-Id"] = response.event_id
     return answer
 

@@ -201,6 +201,16 @@ async def test_answer_over_relay_limit_becomes_502(runner, tmp_path, app):
     assert (fitting.status, len(fitting.body)) == (200, 1 << 20)
 
 
+async def test_head_answer_keeps_content_length(runner, shared_relay, app):
+    """The answer to a HEAD request keeps the length of the body it does not carry."""
+    channel = await sync_channel(runner, shared_relay.url)
+    await listening(runner, shared_relay, channel, app)
+    answer = await send_request(channel.url, method="HEAD", tail="/binary")
+    assert answer.status == 201
+    assert answer.header("Content-Length") == str(len(BINARY))
+    assert answer.body == b""
+
+
 async def test_timeout_falls_back_and_delivers_once(runner, shared_relay, app):
     """A slow server: the sender gets the fallback in time and the event reaches the app once."""
     channel = await sync_channel(runner, shared_relay.url, "--response-timeout", "1s", "--fallback", "503")
