@@ -14,17 +14,19 @@ Contract:
 * one :class:`TargetClient` per target origin; it keeps at most ``max_idle``
   idle connections and closes a connection idle for longer than
   :data:`IDLE_SECONDS`;
-* a request that fails on a reused connection before any byte of a
-  response arrived is sent again once, on a new connection, because the
-  target closed the idle connection while the request was on its way;
+* a request that fails on a reused connection, before any byte of a
+  response and within :data:`STALE_CLOSE_SECONDS` of being written, is
+  sent again once on a new connection. The target closed the idle
+  connection while the request was on its way;
 * informational responses (1xx) are skipped, and the response to a HEAD
   request has no body whatever its ``Content-Length`` header;
 * the response body is kept up to ``max_body`` bytes. A connection whose
   response was cut there, or that the target asked to close, is not reused;
 * a response that arrives before the body is written (a 413, say) ends the
   request, and the rest of the body is not sent;
-* fields after a chunked body (trailers) are not added to the headers, and
-  a status outside 100-599 is an invalid response.
+* fields after a chunked body (trailers) are not added to the headers. A
+  status outside 100-599, a 101 (switching protocols) and a head over 64 KiB
+  are invalid responses.
 """
 
 from __future__ import annotations
@@ -45,6 +47,16 @@ logger = logging.getLogger("hookrelay.client.target")
 # Close kept-alive connections idle for longer than this instead of reusing
 # them. uvicorn and Node.js servers close idle connections after 5 seconds by default.
 IDLE_SECONDS = 4.0
+# A target that closes an idle connection does so as the next request
+# arrives, within a round trip. A later close most likely followed work on the
+# request, so the request is not sent again at once, and the forwarder's
+# retry reports it as an attempt.
+STALE_CLOSE_SECONDS = 0.05
+# Over TLS the unsent part of a request is not visible in the transport's
+# buffer, so a connection whose request carried more than this is not reused.
+_TLS_REUSE_BODY_BYTES = 64 * 1024
+# httptools sets no limit of its own on the size of a response head.
+_MAX_HEAD_BYTES = 64 * 1024
 _FORBIDDEN_IN_TARGET = frozenset(b"\r\n\x00 ")
 _FORBIDDEN_IN_VALUE = frozenset(b"\r\n\x00")
 _TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
@@ -104,6 +116,10 @@ class _Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._waiter: asyncio.Future[RawResponse] | None = None
         self._paused = False
+        self._tls = False
+        self._large_over_tls = False
+        self._written_at = 0.0
+        self._head_bytes = 0
         self._status = 0
         self._in_head = False
         self._headers: list[tuple[bytes, bytes]] = []
@@ -125,7 +141,9 @@ class _Connection(asyncio.Protocol):
         self._max_body = max_body
         self._head_only = head_only
         self._answered = False
+        self._large_over_tls = self._tls and len(body) > _TLS_REUSE_BODY_BYTES
         self.reusable = False
+        self._written_at = time.monotonic()
         self._transport.writelines((head, body) if body else (head,))
         try:
             # A target may respond before it has read the whole body (a 413, say),
@@ -138,8 +156,8 @@ class _Connection(asyncio.Protocol):
         self.reusable = False
         if self._transport is None or self.closed:
             return
-        if self._transport.get_write_buffer_size():
-            # A body the target will not read: closing would wait for it to drain.
+        if self._large_over_tls or self._transport.get_write_buffer_size():
+            # A body the target may not read: closing would wait for it to drain.
             self._transport.abort()
         else:
             self._transport.close()
@@ -149,6 +167,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport instances but have its methods.
         self._transport = cast(asyncio.Transport, transport)
+        self._tls = transport.get_extra_info("ssl_object") is not None
 
     def data_received(self, data: bytes) -> None:
         if self._waiter is None or self._waiter.done():
@@ -170,7 +189,9 @@ class _Connection(asyncio.Protocol):
         if self._waiter is None or self._waiter.done():
             return
         if not self._answered:
-            self._fail(_NoResponse("the target closed the connection without a response"))
+            stale = time.monotonic() - self._written_at <= STALE_CLOSE_SECONDS
+            error = _NoResponse if stale else RawRequestError
+            self._fail(error("the target closed the connection without a response"))
         elif exc is None and self._status >= 200 and not self._in_head and not self._framed:
             self._finish(reusable=False)  # The body ran to the end of the connection.
         elif exc is not None:
@@ -191,20 +212,32 @@ class _Connection(asyncio.Protocol):
             self.close()  # An unexpected response follows the last one.
         self._status = 0
         self._in_head = True
+        self._head_bytes = 0
         self._headers = []
         self._chunks = []
         self._size = 0
 
     def on_header(self, name: bytes, value: bytes) -> None:
         # Fields after a chunked body (trailers) are not headers of the response.
-        if self._in_head:
-            self._headers.append((name, value))
+        if not self._in_head:
+            return
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > _MAX_HEAD_BYTES:
+            self._in_head = False
+            self._fail(RawRequestError(f"the target's response head is over {_MAX_HEAD_BYTES} bytes"))
+            self.close()
+            return
+        self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._status = self._parser.get_status_code()
         if not 100 <= self._status <= 599:
             self._fail(RawRequestError(f"the target's response has status {self._status}, outside 100-599"))
+            self.close()
+            return
+        if self._status == 101:
+            self._fail(RawRequestError("the target switched protocols (101), which a webhook delivery cannot use"))
             self.close()
             return
         lowered = {name.lower() for name, _ in self._headers}
@@ -222,14 +255,15 @@ class _Connection(asyncio.Protocol):
             self.close()
 
     def on_message_complete(self) -> None:
-        if 100 <= self._status < 200 and self._status != 101:
+        if 100 <= self._status < 200:
             return  # An informational response. The final one follows.
         self._finish(reusable=self._parser.should_keep_alive())
 
     def _finish(self, *, reusable: bool) -> None:
         if self._waiter is not None and not self._waiter.done():
             # A request still being written when the response came cannot share the connection.
-            unsent = self._paused or (self._transport is not None and self._transport.get_write_buffer_size() > 0)
+            buffered = self._transport is not None and self._transport.get_write_buffer_size() > 0
+            unsent = self._paused or buffered or self._large_over_tls
             self.reusable = reusable and not self.closed and not unsent
             self._waiter.set_result(RawResponse(self._status, self._headers, b"".join(self._chunks)))
 
@@ -296,7 +330,7 @@ class TargetClient:
             self._idle.pop(0).close()
         while self._idle:
             connection = self._idle.pop()
-            if not connection.closed:
+            if connection.reusable and not connection.closed:
                 return connection
         return None
 

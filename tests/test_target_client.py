@@ -309,6 +309,54 @@ async def test_early_response_to_unread_body_returns_at_once():
     assert client._idle == []
 
 
+async def test_close_after_work_is_not_sent_again():
+    """A target that read the request, worked on it and then closed gets no silent second copy."""
+    received = []
+
+    async def die_on_second(reader, writer):
+        first_connection = not received
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                received.append(head + await reader.readexactly(2))
+                if first_connection and len(received) == 2:
+                    await asyncio.sleep(0.2)  # the handler works on the request, then the worker dies
+                    break
+                writer.write(OK)
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(die_on_second, "127.0.0.1", 0)
+    try:
+        client = client_for(server.sockets[0].getsockname()[1])
+        await send(client)
+        with pytest.raises(RawRequestError, match="without a response"):
+            await send(client)
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert len(received) == 2
+
+
+async def test_switching_protocols_fails_and_drops_connection():
+    upgrade = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    async with ScriptedTarget(lambda *_: upgrade) as target:
+        client = client_for(target.port)
+        with pytest.raises(RawRequestError, match="switched protocols"):
+            await send(client)
+        assert client._idle == []
+
+
+async def test_response_head_over_limit_fails():
+    huge = b"HTTP/1.1 200 OK\r\n" + b"X-Filler: " + b"a" * 8000 + b"\r\n" + (b"X-More: " + b"b" * 8000 + b"\r\n") * 9 + b"Content-Length: 0\r\n\r\n"
+    async with ScriptedTarget(lambda *_: huge) as target:
+        client = client_for(target.port)
+        with pytest.raises(RawRequestError, match="response head is over"):
+            await send(client)
+
+
 def ipv6_loopback_available():
     try:
         with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
@@ -397,3 +445,39 @@ async def test_https_target_verifies_its_certificate(self_signed):
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_tls_connection_after_early_response_is_not_reused(self_signed):
+    """Over TLS a large body the target did not read may still be queued, so its connection is dropped."""
+    cert, key = self_signed
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    release = asyncio.Event()
+    connections = []
+
+    async def respond_early(reader, writer):
+        connections.append(writer)
+        head = await reader.readuntil(b"\r\n\r\n")
+        if b"Content-Length: 2\r\n" in head:
+            await reader.readexactly(2)
+            writer.write(OK)
+            await writer.drain()
+            return
+        # Respond at once and never read the large body, keeping the connection open.
+        writer.write(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        await asyncio.wait_for(release.wait(), 30)
+
+    server = await asyncio.start_server(respond_early, "127.0.0.1", 0, ssl=server_context)
+    try:
+        client = TargetClient(parse_target(f"https://localhost:{server.sockets[0].getsockname()[1]}"), max_idle=2)
+        client._ssl = ssl.create_default_context(cafile=str(cert))
+        refused = await send(client, body=b"x" * (32 << 20), timeout=5)
+        answered = await send(client, timeout=5)
+        await client.close()
+    finally:
+        release.set()
+        server.close()
+        await server.wait_closed()
+    assert (refused.status, answered.status, answered.body) == (413, 200, b"ok")
+    assert len(connections) == 2
