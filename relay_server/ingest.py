@@ -111,6 +111,12 @@ async def handle_ingest(request: web.Request) -> web.StreamResponse:
     except TimeoutError:
         state.guard.counters.count("body_timeout", channel_id)
         return _body_timed_out(channel_id, request.remote, state.config.limits.body_timeout)
+    except ConnectionResetError:
+        # The sender is gone, so this response is never read, and nothing was stored.
+        logger.info("ingest abandoned channel=%s remote=%s: the sender closed the connection before the whole body", channel_id, request.remote)
+        response = json_error(400, "body_incomplete", "the connection closed before the whole body arrived")
+        response.force_close()
+        return response
     if body is None:
         state.guard.counters.count("body_too_large", channel_id)
         return _too_large(state.config.max_body)

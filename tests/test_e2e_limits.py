@@ -6,6 +6,7 @@ routes over loopback like 127.0.0.1; the relay still listens on 127.0.0.1.
 
 import asyncio
 import json
+import re
 import socket
 import time
 
@@ -235,6 +236,24 @@ async def test_unknown_expectation_417(runner, shared_relay):
     assert odd.json()["error"] == "expectation_failed"
     assert unknown.status == 417, unknown.describe()
     assert proceed.status == 100, proceed.describe()
+
+
+async def test_sender_gone_mid_body_is_logged_quietly(runner, tmp_path):
+    """A sender that closes the connection partway through its body costs one log line, no traceback, and stores nothing."""
+    relay = await runner.start_relay(tmp_path / "data")
+    channel = await runner.create_channel(relay.url)
+    path = channel.url.split(str(relay.port), 1)[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\n".encode() + b"x" * 10)
+    await writer.drain()
+    await asyncio.sleep(0.3)
+    writer.close()
+
+    await relay.process.wait_for_stderr(re.compile(r"ingest abandoned channel=\S+ remote=127\.0\.0\.1"), 10_000 * MS)
+    history = await runner.run(["events", "list", "--relay", relay.url, "--channel", channel.id, "--token", channel.token, "--json"])
+
+    assert "Traceback" not in relay.process.stderr_tail(200)
+    assert json.loads(history[1]) == []
 
 
 async def test_slow_body_gets_408(runner, tmp_path):
