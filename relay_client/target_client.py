@@ -181,7 +181,6 @@ class _Connection(asyncio.Protocol):
             self._finish(reusable=False)
         except httptools.HttpParserError as exc:
             self._fail(RawRequestError(f"the target's response is not valid HTTP/1.1: {exc}"))
-            self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -225,7 +224,6 @@ class _Connection(asyncio.Protocol):
         if self._head_bytes > _MAX_HEAD_BYTES:
             self._in_head = False
             self._fail(RawRequestError(f"the target's response head is over {_MAX_HEAD_BYTES} bytes"))
-            self.close()
             return
         self._headers.append((name, value))
 
@@ -234,11 +232,9 @@ class _Connection(asyncio.Protocol):
         self._status = self._parser.get_status_code()
         if not 100 <= self._status <= 599:
             self._fail(RawRequestError(f"the target's response has status {self._status}, outside 100-599"))
-            self.close()
             return
         if self._status == 101:
             self._fail(RawRequestError("the target switched protocols (101), which a webhook delivery cannot use"))
-            self.close()
             return
         lowered = {name.lower() for name, _ in self._headers}
         self._framed = b"content-length" in lowered or b"transfer-encoding" in lowered
@@ -268,8 +264,10 @@ class _Connection(asyncio.Protocol):
             self._waiter.set_result(RawResponse(self._status, self._headers, b"".join(self._chunks)))
 
     def _fail(self, exc: RawRequestError) -> None:
+        """End the request with ``exc`` and close the connection, which is out of step after any failure."""
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(exc)
+        self.close()
 
 
 class TargetClient:

@@ -102,14 +102,17 @@ def target_response(response: TargetResponse) -> web.Response:
     # Drop the default Content-Type aiohttp would add: the target's own
     # headers, or none, are what the sender must see.
     answer.headers.popall("Content-Type", None)
+    length = None
     for name, value in response.headers:
         text_name = name.decode("latin-1")
-        if text_name.lower() in _DROPPED:
+        lowered = text_name.lower()
+        if lowered == "content-length":
+            length = value
+        if lowered in _DROPPED:
             continue
         # NOTE: aiohttp writes header values as UTF-8, so a value that is not
         # valid UTF-8 reaches the sender with U+FFFD in place of those bytes.
         answer.headers.add(text_name, value.decode("utf-8", "replace"))
-    length = next((value for name, value in response.headers if name.lower() == b"content-length"), None)
     if not response.body and length is not None:
         # The response to a HEAD request (or a 304) states the length of a body it does not carry.
         answer.headers["Content-Length"] = length.decode("latin-1").strip()
