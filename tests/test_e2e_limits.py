@@ -238,7 +238,7 @@ async def test_unknown_expectation_417(runner, shared_relay):
     assert proceed.status == 100, proceed.describe()
 
 
-async def test_sender_gone_mid_body_is_logged_quietly(runner, tmp_path):
+async def test_sender_gone_mid_body_logged(runner, tmp_path):
     """A sender that closes the connection partway through its body costs one log line, no traceback, and stores nothing."""
     relay = await runner.start_relay(tmp_path / "data")
     channel = await runner.create_channel(relay.url)

@@ -188,7 +188,7 @@ async def test_binary_answer_with_status_and_headers(runner, shared_relay, app):
 
 
 async def test_answer_over_relay_limit_becomes_502(runner, tmp_path, app):
-    """An answer larger than the relay's --max-body reaches the sender as a 502, never cut, and the session stays up."""
+    """A response larger than the relay's --max-body reaches the sender as a 502, never cut, and the session stays up."""
     relay = await runner.start_relay(tmp_path / "data", "--max-body", "1MiB")
     channel = await sync_channel(runner, relay.url)
     await listening(runner, relay, channel, app)
@@ -202,7 +202,7 @@ async def test_answer_over_relay_limit_becomes_502(runner, tmp_path, app):
 
 
 async def test_head_answer_keeps_content_length(runner, shared_relay, app):
-    """The answer to a HEAD request keeps the length of the body it does not carry."""
+    """The response to a HEAD request keeps the length of the body it does not carry."""
     channel = await sync_channel(runner, shared_relay.url)
     await listening(runner, shared_relay, channel, app)
     answer = await send_request(channel.url, method="HEAD", tail="/binary")

@@ -1,6 +1,7 @@
 """The listener's HTTP/1.1 client against scripted targets on loopback: reuse, framing, failures."""
 
 import asyncio
+import contextlib
 import shutil
 import socket
 import ssl
@@ -65,6 +66,17 @@ class ScriptedTarget:
         finally:
             self.closed.set()
             writer.close()
+
+
+@contextlib.asynccontextmanager
+async def serving(handler, host="127.0.0.1", **options):
+    """Run ``handler`` as a loopback server for the block and yield its port."""
+    server = await asyncio.start_server(handler, host, 0, **options)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 def client_for(port, max_idle=4):
@@ -229,13 +241,8 @@ async def test_large_body_reaches_slow_reader():
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(slow, "127.0.0.1", 0)
-    try:
-        client = client_for(server.sockets[0].getsockname()[1])
-        answer = await send(client, body=body, timeout=30)
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with serving(slow) as port:
+        answer = await send(client_for(port), body=body, timeout=30)
     assert answer.status == 200
     assert b"".join(received) == body
 
@@ -275,14 +282,9 @@ async def test_reset_during_unframed_body_fails():
         writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.transport.abort()
 
-    server = await asyncio.start_server(reset, "127.0.0.1", 0)
-    try:
-        client = client_for(server.sockets[0].getsockname()[1])
+    async with serving(reset) as port:
         with pytest.raises(RawRequestError, match="reset the connection"):
-            await send(client, body=b"")
-    finally:
-        server.close()
-        await server.wait_closed()
+            await send(client_for(port), body=b"")
 
 
 async def test_early_response_to_unread_body_returns_at_once():
@@ -297,14 +299,12 @@ async def test_early_response_to_unread_body_returns_at_once():
         await asyncio.wait_for(release.wait(), 30)
         writer.close()
 
-    server = await asyncio.start_server(respond_early, "127.0.0.1", 0, limit=1024)
-    try:
-        client = client_for(server.sockets[0].getsockname()[1])
-        answer = await send(client, body=b"x" * (32 << 20), timeout=5)
-    finally:
-        release.set()
-        server.close()
-        await server.wait_closed()
+    async with serving(respond_early, limit=1024) as port:
+        client = client_for(port)
+        try:
+            answer = await send(client, body=b"x" * (32 << 20), timeout=5)
+        finally:
+            release.set()
     assert (answer.status, answer.body) == (413, b"too large")
     assert client._idle == []
 
@@ -328,15 +328,11 @@ async def test_close_after_work_is_not_sent_again():
             pass
         writer.close()
 
-    server = await asyncio.start_server(die_on_second, "127.0.0.1", 0)
-    try:
-        client = client_for(server.sockets[0].getsockname()[1])
+    async with serving(die_on_second) as port:
+        client = client_for(port)
         await send(client)
         with pytest.raises(RawRequestError, match="without a response"):
             await send(client)
-    finally:
-        server.close()
-        await server.wait_closed()
     assert len(received) == 2
 
 
@@ -369,14 +365,10 @@ def ipv6_loopback_available():
 @pytest.mark.skipif(not ipv6_loopback_available(), reason="this machine has no IPv6 loopback")
 async def test_localhost_reaches_a_server_on_ipv6_loopback_only():
     """A target named localhost that listens on ::1 only is reached whatever the hosts file lists."""
-    server = await asyncio.start_server(lambda reader, writer: answer_once(reader, writer), "::1", 0)
-    try:
-        client = TargetClient(parse_target(f"localhost:{server.sockets[0].getsockname()[1]}"), max_idle=1)
+    async with serving(answer_once, host="::1") as port:
+        client = TargetClient(parse_target(f"localhost:{port}"), max_idle=1)
         answer = await send(client)
         await client.close()
-    finally:
-        server.close()
-        await server.wait_closed()
     assert answer.status == 200
 
 
@@ -437,14 +429,10 @@ async def test_https_target_verifies_its_certificate(self_signed):
     cert, key = self_signed
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
-    server = await asyncio.start_server(lambda reader, writer: writer.close(), "127.0.0.1", 0, ssl=context)
-    try:
-        client = TargetClient(parse_target(f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"), max_idle=1)
+    async with serving(lambda reader, writer: writer.close(), ssl=context) as port:
+        client = TargetClient(parse_target(f"https://127.0.0.1:{port}"), max_idle=1)
         with pytest.raises(ssl.SSLCertVerificationError):
             await send(client)
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 async def test_tls_connection_after_early_response_is_not_reused(self_signed):
@@ -468,16 +456,14 @@ async def test_tls_connection_after_early_response_is_not_reused(self_signed):
         await writer.drain()
         await asyncio.wait_for(release.wait(), 30)
 
-    server = await asyncio.start_server(respond_early, "127.0.0.1", 0, ssl=server_context)
-    try:
-        client = TargetClient(parse_target(f"https://localhost:{server.sockets[0].getsockname()[1]}"), max_idle=2)
+    async with serving(respond_early, ssl=server_context) as port:
+        client = TargetClient(parse_target(f"https://localhost:{port}"), max_idle=2)
         client._ssl = ssl.create_default_context(cafile=str(cert))
-        refused = await send(client, body=b"x" * (32 << 20), timeout=5)
-        answered = await send(client, timeout=5)
+        try:
+            rejected = await send(client, body=b"x" * (32 << 20), timeout=5)
+            answered = await send(client, timeout=5)
+        finally:
+            release.set()
         await client.close()
-    finally:
-        release.set()
-        server.close()
-        await server.wait_closed()
-    assert (refused.status, answered.status, answered.body) == (413, 200, b"ok")
+    assert (rejected.status, answered.status, answered.body) == (413, 200, b"ok")
     assert len(connections) == 2
