@@ -329,6 +329,23 @@ async def test_delete_removes_event_and_history(store):
     assert await store.delete_event("ch_a", event.id) is False
 
 
+async def test_deleted_newest_seq_not_reused(make_store):
+    """After the newest event is deleted, even across a restart, the next event gets a new seq and reaches the group."""
+    async with make_store() as store:
+        await store.create_channel(ChannelRecord("ch_a", b"h", time.time()))
+        seqs = await append_many(store, "ch_a", 3)
+        taken = await store.claim("ch_a", "default", "c1", 3)
+        await store.ack("ch_a", "default", [delivered(e.id) for e in taken])
+        assert await store.delete_event("ch_a", taken[-1].id)
+
+    async with make_store() as store:
+        seq = await store.append(new_event("ch_a", 3))
+        claimed = await store.claim("ch_a", "default", "c2", 3)
+
+    assert seq > max(seqs)
+    assert [e.seq for e in claimed] == [seq]
+
+
 async def test_settings_and_answer_are_kept(make_store):
     """Channel settings and a sender's answer survive a reopen."""
     from relay_server.store import SenderAnswer

@@ -73,8 +73,9 @@ CREATE TABLE IF NOT EXISTS channels (
     created_at REAL NOT NULL,
     settings TEXT NOT NULL DEFAULT '{}'
 );
+-- seq is assigned by the store, never reused (see SQLiteStore._next_seq).
 CREATE TABLE IF NOT EXISTS events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq INTEGER PRIMARY KEY,
     id TEXT NOT NULL UNIQUE,
     channel TEXT NOT NULL,
     received_at REAL NOT NULL,
@@ -91,7 +92,6 @@ CREATE TABLE IF NOT EXISTS events (
     body_length INTEGER
 );
 CREATE INDEX IF NOT EXISTS events_by_channel ON events (channel, seq);
-CREATE INDEX IF NOT EXISTS events_by_age ON events (received_at);
 CREATE TABLE IF NOT EXISTS groups (
     channel TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -119,6 +119,7 @@ CREATE TABLE IF NOT EXISTS outcomes (
     finished_at REAL NOT NULL,
     PRIMARY KEY (event_id, grp)
 ) WITHOUT ROWID;
+-- Attempts before the last one; the last is the group's row in outcomes.
 -- Append-only: a replayed event numbers its attempts from 1 again.
 CREATE TABLE IF NOT EXISTS attempts (
     event_id TEXT NOT NULL,
@@ -156,6 +157,9 @@ _ADDED_COLUMNS = {
 _SCHEMA_VERSION = 2
 # Created once the columns it covers exist, also on databases of earlier releases.
 _SEGMENT_INDEX = "CREATE INDEX IF NOT EXISTS events_by_segment ON events (body_segment) WHERE body_segment IS NOT NULL"
+# Earlier releases indexed events by arrival time for pruning by age. Pruning
+# now walks the events in seq order, and the index cost a page in every commit.
+_DROPPED_INDEXES = ("events_by_age",)
 
 _EVENT_COLUMNS = (
     "seq, id, channel, received_at, method, target, headers, body, remote, scheme, event_type, respond_until, verification,"
@@ -235,6 +239,11 @@ class SQLiteStore(EventStore):
         # Only operations of the write batches touch it, one batch at a time.
         self._recent: OrderedDict[int, Event] = OrderedDict()
         self._recent_bytes = 0
+        # The seq of the next appended event. The store numbers events itself
+        # because AUTOINCREMENT writes its counter's page in every commit.
+        # A seq is not given twice, even after the newest events were deleted,
+        # because a group's cursor may already be past it.
+        self._next_seq = 1
         self._closed = False
 
     # -- lifecycle -----------------------------------------------------
@@ -323,6 +332,8 @@ class SQLiteStore(EventStore):
         conn.executescript(sqlite_dedupe.SCHEMA)
         _add_missing_columns(conn)
         conn.execute(_SEGMENT_INDEX)
+        for index in _DROPPED_INDEXES:
+            conn.execute(f"DROP INDEX IF EXISTS {index}")
         conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
         self._bodies.open()
         try:
@@ -339,6 +350,7 @@ class SQLiteStore(EventStore):
         # Consumers of a previous run are gone: their pending events go back
         # to their groups so the next listener gets them again.
         released = conn.execute("UPDATE pending SET consumer = NULL WHERE consumer IS NOT NULL").rowcount
+        self._next_seq = _first_free_seq(conn)
         for row in conn.execute("SELECT id, token_hash, created_at, settings FROM channels"):
             self._channels[row[0]] = ChannelRecord(row[0], bytes(row[1]), row[2], json.loads(row[3]))
         if self._inline:
@@ -415,7 +427,7 @@ class SQLiteStore(EventStore):
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
-            # The batch's appends are gone and their seqs may be used again.
+            # The batch's appends are gone, and their seqs stay unused.
             self._forget_recent()
             raise
         return results
@@ -550,9 +562,11 @@ class SQLiteStore(EventStore):
         if len(body) > sqlite_bodies.EXTERNAL_BODY_BYTES:
             segment, offset = self._bodies.append(body)
             body, length = b"", len(event.body)
-        cursor = conn.execute(
-            f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        seq = self._next_seq
+        conn.execute(
+            f"INSERT INTO events ({_EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
+                seq,
                 event.id,
                 event.channel,
                 event.received_at,
@@ -570,8 +584,8 @@ class SQLiteStore(EventStore):
                 length,
             ),
         )
+        self._next_seq = seq + 1
         self._counts[event.channel] = count + 1
-        seq = int(cursor.lastrowid)
         self._remember_recent(_stored_event(event, seq, headers_json))
         return seq
 
@@ -727,29 +741,24 @@ class SQLiteStore(EventStore):
         return await self._submit(lambda conn: self._ack(conn, channel, group, results))
 
     def _ack(self, conn: sqlite3.Connection, channel: str, group: str, results: list[DeliveryResult]) -> int:
-        # One statement per table for the whole ack, because per-result
-        # statements made the writer thread's Python work per event large.
+        """Remove the acknowledged events from pending and keep each one's outcome.
+
+        The outcome row doubles as the record of the last attempt (see
+        :func:`_attempt_history`), which saves a row and an index entry per
+        event. One statement per table for the whole ack, because per-result
+        statements made the writer's Python work per event large.
+        """
         now = self._clock()
         pending = self._pending_seqs(conn, channel, group, [result.event_id for result in results])
-        removed = len(pending)
         conn.executemany(
             "DELETE FROM pending WHERE channel = ? AND grp = ? AND seq = ?", [(channel, group, seq) for seq in pending.values()]
-        )
-        attempts = []
-        for result in results:
-            # An ack for an event that is no longer pending, or a repeat in the
-            # same ack, repeats a report already kept, so it adds no attempt.
-            if pending.pop(result.event_id, None) is not None and result.outcome != "skipped":
-                attempts.append((result.event_id, group, result.attempts, result.status, result.duration_ms, result.error, now))
-        conn.executemany(
-            "INSERT INTO attempts (event_id, grp, attempt, status, duration_ms, error, at) VALUES (?, ?, ?, ?, ?, ?, ?)", attempts
         )
         conn.executemany(
             "INSERT OR REPLACE INTO outcomes (event_id, grp, outcome, status, attempts, duration_ms, error, finished_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [(r.event_id, group, r.outcome, r.status, r.attempts, r.duration_ms, r.error, now) for r in results],
         )
-        return removed
+        return len(pending)
 
     def _pending_seqs(self, conn: sqlite3.Connection, channel: str, group: str, event_ids: list[str]) -> dict[str, int]:
         """Map each of ``event_ids`` that the group still has pending to its seq."""
@@ -844,13 +853,11 @@ class SQLiteStore(EventStore):
                     (event_id,),
                 )
             )
-            attempts = tuple(
+            earlier = [
                 AttemptRecord(*item)
-                for item in conn.execute(
-                    "SELECT grp, attempt, status, duration_ms, error, at FROM attempts WHERE event_id = ? ORDER BY at, attempt",
-                    (event_id,),
-                )
-            )
+                for item in conn.execute("SELECT grp, attempt, status, duration_ms, error, at FROM attempts WHERE event_id = ?", (event_id,))
+            ]
+            attempts = _attempt_history(earlier, outcomes)
             answer = conn.execute("SELECT status, headers, body, source, at FROM answers WHERE event_id = ?", (event_id,)).fetchone()
             return EventDetail(self._row_to_event(row, 1), outcomes, attempts, _row_to_answer(answer) if answer else None)
 
@@ -886,6 +893,7 @@ class SQLiteStore(EventStore):
                 " ON CONFLICT (channel, grp, seq) DO UPDATE SET consumer = NULL, delivery_count = 0, attempts = 0",
                 (channel, group, seq, self._clock()),
             )
+            _keep_last_attempt(conn, event_id, group)
             conn.execute("DELETE FROM outcomes WHERE event_id = ? AND grp = ?", (event_id, group))
             return True
 
@@ -895,9 +903,9 @@ class SQLiteStore(EventStore):
         cutoff = now - self.retention.max_age
 
         def delete(conn: sqlite3.Connection) -> int:
-            expired = conn.execute("SELECT channel, seq FROM events WHERE received_at < ?", (cutoff,)).fetchall()
+            expired = _received_before(conn, cutoff)
             conn.executemany("DELETE FROM pending WHERE channel = ? AND seq = ?", expired)
-            conn.execute("DELETE FROM events WHERE received_at < ?", (cutoff,))
+            conn.executemany("DELETE FROM events WHERE seq = ?", [(seq,) for _, seq in expired])
             for table in ("outcomes", "attempts", "answers"):
                 conn.execute(f"DELETE FROM {table} WHERE event_id NOT IN (SELECT id FROM events)")
             sqlite_dedupe.forget_expired(conn, now)
@@ -981,6 +989,66 @@ def _stored_event(event: NewEvent, seq: int, headers_json: str) -> Event:
         respond_until=event.respond_until,
         verification=event.verification,
     )
+
+
+def _received_before(conn: sqlite3.Connection, cutoff: float) -> list[tuple[str, int]]:
+    """Return the channel and seq of the oldest events, received before ``cutoff``, in seq order.
+
+    Events arrive in seq order, so the walk stops at the first event that is
+    young enough and reads only what it returns. An event stamped later than
+    its successors, after the clock was set back, keeps them until it expires.
+    """
+    expired = []
+    rows = conn.execute("SELECT channel, seq, received_at FROM events ORDER BY seq")
+    try:
+        for channel, seq, received_at in rows:
+            if received_at >= cutoff:
+                break
+            expired.append((channel, seq))
+    finally:
+        rows.close()
+    return expired
+
+
+def _attempt_history(earlier: list[AttemptRecord], outcomes: tuple[Outcome, ...]) -> tuple[AttemptRecord, ...]:
+    """Return an event's attempts in order: the rows of ``attempts`` and the last attempt of each outcome.
+
+    A skipped event made no attempt. Databases of earlier releases also
+    kept the last attempt as a row, at the outcome's time, so an outcome
+    whose attempt is already there adds nothing.
+    """
+    recorded = {(item.group, item.attempt, item.at) for item in earlier}
+    last = [
+        AttemptRecord(o.group, o.attempts, o.status, o.duration_ms, o.error, o.finished_at)
+        for o in outcomes
+        if o.outcome != "skipped" and (o.group, o.attempts, o.finished_at) not in recorded
+    ]
+    return tuple(sorted(earlier + last, key=lambda item: (item.at, item.attempt)))
+
+
+def _keep_last_attempt(conn: sqlite3.Connection, event_id: str, group: str) -> None:
+    """Copy the group's last attempt from its outcome into ``attempts`` before a replay removes the outcome."""
+    conn.execute(
+        "INSERT INTO attempts (event_id, grp, attempt, status, duration_ms, error, at)"
+        " SELECT o.event_id, o.grp, o.attempts, o.status, o.duration_ms, o.error, o.finished_at FROM outcomes o"
+        " WHERE o.event_id = ? AND o.grp = ? AND o.outcome != 'skipped' AND NOT EXISTS ("
+        "SELECT 1 FROM attempts a WHERE a.event_id = o.event_id AND a.grp = o.grp AND a.attempt = o.attempts AND a.at = o.finished_at)",
+        (event_id, group),
+    )
+
+
+def _first_free_seq(conn: sqlite3.Connection) -> int:
+    """Return a seq above every seq stored, read by a group, or counted by AUTOINCREMENT.
+
+    Databases of earlier releases numbered events with AUTOINCREMENT, whose
+    counter remembers seqs of events deleted since.
+    """
+    (stored,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+    (read,) = conn.execute("SELECT COALESCE(MAX(last_seq), 0) FROM groups").fetchone()
+    counted = 0
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'").fetchone():
+        (counted,) = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM sqlite_sequence WHERE name = 'events'").fetchone()
+    return max(stored, read, counted) + 1
 
 
 def _named_segments(conn: sqlite3.Connection) -> list[int]:
