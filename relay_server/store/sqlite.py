@@ -173,9 +173,6 @@ _PRUNE_FRACTION = 0.01
 # The delivery count and earlier attempts of an event claimed for the first time.
 _FIRST_DELIVERY = (1, 0)
 
-# Ids bound in one IN (...) list; SQLite before 3.32 allows 999 variables.
-_MAX_SQL_VARIABLES = 500
-
 # A write batch runs on the event loop's thread (synchronous=NORMAL only)
 # while the bodies it stores add up to no more than this many bytes.
 _INLINE_BATCH_BYTES = 1024 * 1024
@@ -749,31 +746,17 @@ class SQLiteStore(EventStore):
         statements made the writer's Python work per event large.
         """
         now = self._clock()
-        pending = self._pending_seqs(conn, channel, group, [result.event_id for result in results])
-        conn.executemany(
-            "DELETE FROM pending WHERE channel = ? AND grp = ? AND seq = ?", [(channel, group, seq) for seq in pending.values()]
-        )
+        # The summed row count: an event no longer pending, or repeated in the ack, removes nothing.
+        removed = conn.executemany(
+            "DELETE FROM pending WHERE channel = ? AND grp = ? AND seq = (SELECT seq FROM events WHERE id = ? AND channel = ?)",
+            [(channel, group, result.event_id, channel) for result in results],
+        ).rowcount
         conn.executemany(
             "INSERT OR REPLACE INTO outcomes (event_id, grp, outcome, status, attempts, duration_ms, error, finished_at)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             [(r.event_id, group, r.outcome, r.status, r.attempts, r.duration_ms, r.error, now) for r in results],
         )
-        return len(pending)
-
-    def _pending_seqs(self, conn: sqlite3.Connection, channel: str, group: str, event_ids: list[str]) -> dict[str, int]:
-        """Map each of ``event_ids`` that the group still has pending to its seq."""
-        found: dict[str, int] = {}
-        unique = list(dict.fromkeys(event_ids))
-        for start in range(0, len(unique), _MAX_SQL_VARIABLES):
-            chunk = unique[start : start + _MAX_SQL_VARIABLES]
-            marks = ",".join("?" * len(chunk))
-            rows = conn.execute(
-                "SELECT e.id, e.seq FROM events e JOIN pending p ON p.channel = e.channel AND p.grp = ? AND p.seq = e.seq"
-                f" WHERE e.channel = ? AND e.id IN ({marks})",
-                (group, channel, *chunk),
-            )
-            found.update(rows)
-        return found
+        return removed
 
     async def release(self, channel: str, group: str, consumer: str) -> int:
         def update(conn: sqlite3.Connection) -> int:
