@@ -9,6 +9,7 @@ so the CLI can exit 130 after Ctrl-C and 0 after SIGTERM.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -93,6 +94,9 @@ def run_with_fastest_loop(main: Awaitable[T]) -> T:
     """Run ``main`` on uvloop where it is installed, else on the default loop.
 
     uvloop lowers the CPU cost per event of both the relay and the listener.
+    The objects made at start-up (modules, the app, Rich) live as long as the
+    process, so they are frozen out of garbage collection: a full collection
+    of the listener scanned them for about 14 ms, during which no event moved.
     """
     try:
         import uvloop
@@ -100,5 +104,6 @@ def run_with_fastest_loop(main: Awaitable[T]) -> T:
         factory = None
     else:
         factory = uvloop.new_event_loop
+    gc.freeze()
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)
