@@ -43,6 +43,8 @@ EXIT_WORKLOAD_FAILED = 2
 EXIT_INTERRUPTED = 130
 # Above this share of CPU busy before the start, other work on the machine skews the figures.
 BUSY_WARNING_PERCENT = 20.0
+# Rounds of bare and hookrelay in turn for the throughput workloads of a full run.
+FULL_ROUNDS = 5
 
 RUNNERS = {
     "live": run_live,
@@ -71,6 +73,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--events", type=int, metavar="N",
                         help="events per workload (listeners for idle-listeners) instead of the default count; "
                              "25mib always sends one body")
+    parser.add_argument("--rounds", type=positive_int, metavar="N",
+                        help="rounds of bare and hookrelay in turn for 1kb-x50 and 100kb-x10; the round with the "
+                             f"median ratio is reported (default: {FULL_ROUNDS}, or 1 with --quick)")
     parser.add_argument("--concurrency", type=int, metavar="N",
                         help="listener --concurrency for every workload (default: one per sender)")
     parser.add_argument("--max-listeners", type=int, metavar="N",
@@ -80,6 +85,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "websocket clients could speak the documented protocol")
     parser.add_argument("--keep", action="store_true", help="keep the scratch folder with data and logs")
     return parser.parse_args(argv)
+
+
+def positive_int(text: str) -> int:
+    """Parse a count of at least 1 for argparse."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive count; use 1 or more")
+    return value
 
 
 def default_hookrelay() -> str:
@@ -133,6 +146,7 @@ async def run_all(
     bench = Bench(
         hookrelay=args.hookrelay, root=root, target=target,
         console=console, quick=args.quick, concurrency=args.concurrency, max_listeners=args.max_listeners,
+        rounds=args.rounds or (1 if args.quick else FULL_ROUNDS),
         idle_processes=args.idle_processes, serve_options=serve_options,
     )
     try:

@@ -114,6 +114,8 @@ class WorkloadResult:
     title: str
     parameters: dict[str, Any] = field(default_factory=dict)
     runs: list[RunResult] = field(default_factory=list)
+    # The runs of the rounds not shown in `runs`, counted in the delivery checks.
+    other_rounds: list[RunResult] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
     facts: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
@@ -139,8 +141,8 @@ class WorkloadResult:
         self.checks.append(Check(name, measured, f"< {limit:g}{unit}", passed, note))
 
     def check_delivery(self) -> None:
-        """Add the zero-lost and zero-mismatch checks over every hookrelay run."""
-        relayed = [run for run in self.runs if not run.label.startswith("bare")]
+        """Add the zero-lost and zero-mismatch checks over every hookrelay run of every round."""
+        relayed = [run for run in self.runs + self.other_rounds if not run.label.startswith("bare")]
         if not relayed:
             return
         lost = sum(run.lost for run in relayed)
@@ -151,7 +153,7 @@ class WorkloadResult:
 
 def lost_or_mismatched(results: list[WorkloadResult], strays: int) -> bool:
     """Return True if a run lost an accepted event or delivered a changed body, or a body had no known bench id."""
-    runs = [run for result in results for run in result.runs]
+    runs = [run for result in results for run in result.runs + result.other_rounds]
     return strays > 0 or any(run.lost or run.mismatches for run in runs)
 
 

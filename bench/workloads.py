@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import os
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +113,7 @@ class Bench:
     console: Console
     quick: bool
     concurrency: int | None = None
+    rounds: int = 1
     max_listeners: int | None = None
     idle_processes: bool = False
     serve_options: list[str] = dataclasses.field(default_factory=list)
@@ -140,7 +142,7 @@ class Bench:
 
     @asynccontextmanager
     async def progress(self, label: str, ledger: Ledger, total: int) -> AsyncIterator[None]:
-        """Log the counts of `ledger` every few seconds while the block runs."""
+        """Log the counts of `ledger` every few seconds while the measured block runs, with a steady heap."""
 
         def report() -> None:
             self.log(f"{label}: sent {len(ledger.sent_at):,}/{total:,}, accepted {len(ledger.accepted):,}, "
@@ -153,7 +155,8 @@ class Bench:
 
         task = asyncio.create_task(report_periodically())
         try:
-            yield
+            with steady_heap():
+                yield
         finally:
             task.cancel()
             report()
@@ -163,6 +166,23 @@ class Bench:
         stall_timeout = 15.0 if self.quick else 30.0
         on_tick = stack.check_running if stack is not None else None
         await wait_for_delivery(ledger, stall_timeout=stall_timeout, max_wait=120.0 + total / 200, on_tick=on_tick)
+
+
+@contextmanager
+def steady_heap() -> Iterator[None]:
+    """Keep the load generator's own garbage collector from stalling a measured block.
+
+    A full collection of the bench process's heap took 12-14 ms here, about 4 % of a
+    2,000-event run of 1kb-x50, and it fell into whichever run crossed the collector's
+    threshold, mostly the hookrelay one. Collected and frozen first, the heap leaves a
+    collection during the block only the block's own objects to scan.
+    """
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 class Stack:
@@ -322,16 +342,37 @@ def ratio(value: float | None, baseline: float | None) -> float | None:
 
 
 async def run_live(bench: Bench, workload: Workload) -> WorkloadResult:
-    """Measure delivery throughput from concurrent senders with a listener connected, against bare."""
-    result = WorkloadResult(workload.name, workload.title, parameters=workload.parameters())
-    bare = await measure_bare(bench, workload, senders=workload.senders)
-    relayed = await measure_relayed(bench, workload)
-    relayed.ratio_to_bare = ratio(relayed.throughput, bare.throughput)
-    result.runs += [bare, relayed]
+    """Measure delivery throughput from concurrent senders with a listener connected, against bare.
 
-    result.check_at_least("throughput vs bare", relayed.ratio_to_bare, workload.min_ratio, "x")
+    Bare and hookrelay take turns for `bench.rounds` rounds, each with the workload's full
+    count. The round with the median ratio is reported, and every round counts in the
+    delivery checks. One run of a few hundred milliseconds moved by a tenth from round to
+    round on a shared 2-core machine, and alternating gives both paths the same conditions.
+    """
+    result = WorkloadResult(workload.name, workload.title, parameters=workload.parameters())
+    rounds = []
+    for number in range(1, bench.rounds + 1):
+        if bench.rounds > 1:
+            bench.log(f"{workload.name}: round {number} of {bench.rounds}")
+        bare = await measure_bare(bench, workload, senders=workload.senders)
+        relayed = await measure_relayed(bench, workload)
+        relayed.ratio_to_bare = ratio(relayed.throughput, bare.throughput)
+        rounds.append((bare, relayed))
+
+    median = median_round(rounds)
+    result.runs += list(median)
+    result.other_rounds = [run for pair in rounds if pair is not median for run in pair]
+    if bench.rounds > 1:
+        result.facts["ratio to bare, each round"] = ", ".join(f"{relayed.ratio_to_bare or 0:.2f}" for _, relayed in rounds)
+    result.check_at_least("throughput vs bare", median[1].ratio_to_bare, workload.min_ratio, "x")
     result.check_delivery()
     return result
+
+
+def median_round(rounds: list[tuple[RunResult, RunResult]]) -> tuple[RunResult, RunResult]:
+    """Return the (bare, hookrelay) pair whose ratio is the median, the lower middle one of an even count."""
+    ordered = sorted(rounds, key=lambda pair: pair[1].ratio_to_bare or 0.0)
+    return ordered[(len(ordered) - 1) // 2]
 
 
 async def run_latency(bench: Bench, workload: Workload) -> WorkloadResult:
