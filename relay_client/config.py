@@ -41,20 +41,22 @@ class Target:
     host: str
     port: int
     base_path: str = ""
+    # Derived from the fields above once, because the listener needs them for every event.
+    authority: str = field(init=False, repr=False, compare=False)
+    origin: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def authority(self) -> str:
+    def __post_init__(self) -> None:
         default = 443 if self.scheme == "https" else 80
-        return self.host if self.port == default else f"{self.host}:{self.port}"
+        authority = self.host if self.port == default else f"{self.host}:{self.port}"
+        object.__setattr__(self, "authority", authority)
+        object.__setattr__(self, "origin", f"{self.scheme}://{authority}")
 
-    @property
-    def origin(self) -> str:
-        return f"{self.scheme}://{self.authority}"
+    def path_for(self, tail: str) -> str:
+        """Join the base path and an event's raw tail (``/a?b``, ``?b`` or empty)."""
+        return self.base_path.rstrip("/") + tail if tail.startswith("/") else (self.base_path or "/") + tail
 
     def url_for(self, tail: str) -> str:
-        """Join the base path and an event's raw tail (``/a?b``, ``?b`` or empty)."""
-        path = self.base_path.rstrip("/") + tail if tail.startswith("/") else (self.base_path or "/") + tail
-        return self.origin + path
+        return self.origin + self.path_for(tail)
 
     def redacted(self) -> str:
         return self.origin + (self.base_path or "")

@@ -201,8 +201,7 @@ class Forwarder:
     async def _send(self, event: Event, headers: list[tuple[bytes, bytes]]) -> TargetResponse:
         """Send one request and return the target's response, its body cut at the reading limit."""
         assert self._client is not None, "use the forwarder as an async context manager"
-        target = self.config.target
-        path = target.url_for(event.target.decode("utf-8", "surrogateescape"))[len(target.origin) :]
+        path = self.config.target.path_for(event.target.decode("utf-8", "surrogateescape"))
         # One byte past the limit shows the listener that a response for a sender did not fit.
         limit = MAX_SENDER_ANSWER + 1 if event.respond else _MAX_RESPONSE_BODY
         answer = await self._client.exchange(
