@@ -151,7 +151,7 @@ async def measure_cross_node(bench: Bench, pair: TwoNodes, workload: Workload, l
     concurrency = bench.listener_concurrency(workload) if workload.kind != "latency" else 1
     channel = await pair.create_channel()
     listener = pair.start_listener(channel, concurrency)
-    await pair.warm_up(channel)
+    await pair.warm_up(channel, senders=workload.senders)
 
     ledger = bench.new_ledger()
     bodies = BodyFactory(workload.body_size, binary=workload.binary)

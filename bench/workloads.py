@@ -32,6 +32,10 @@ KIB = 1024
 REQUEST_TIMEOUT = 120.0
 PROGRESS_INTERVAL = 2.0
 WARM_UP_EVENTS = 20
+WARM_UP_SENDERS = 5
+# A warm-up at a workload's concurrency sends this many events per sender, so that each
+# connection the run will use, the listener's to the target too, is open and has carried some.
+WARM_UP_EVENTS_PER_SENDER = 4
 WARM_UP_TIMEOUT = 60.0
 # Latency runs wait for each event before sending the next, at most this long per event
 # and in all.
@@ -211,11 +215,11 @@ class Stack:
         listener.spawn()
         return listener
 
-    async def warm_up(self, channel: Channel) -> None:
-        """Send a few events through `channel` and wait for them, so its listener is connected."""
+    async def warm_up(self, channel: Channel, senders: int = WARM_UP_SENDERS) -> None:
+        """Send a few events through `channel` from `senders` at once and wait for them, so its listener is connected."""
         url = f"{channel.url}/warm-up"
         try:
-            await warm_up(self.bench, url)
+            await warm_up(self.bench, url, senders=senders)
         except BenchError as exc:
             logs = [listener.describe_exit() for listener in self.listeners if listener.exited() is not None]
             raise BenchError("; ".join([str(exc), *logs])) from None
@@ -260,11 +264,16 @@ async def open_stack(bench: Bench, workload: Workload, *, sync: str | None = Non
         stack.stop()
 
 
-async def warm_up(bench: Bench, url: str, count: int = WARM_UP_EVENTS) -> None:
-    """Send `count` small events to `url` and wait for all of them, so connections and code paths are warm."""
+async def warm_up(bench: Bench, url: str, count: int | None = None, *, senders: int = WARM_UP_SENDERS) -> None:
+    """Send small events to `url` from `senders` at once and wait for all of them, so connections and code paths are warm.
+
+    `count` defaults to WARM_UP_EVENTS_PER_SENDER per sender, and at least WARM_UP_EVENTS.
+    """
+    if count is None:
+        count = max(WARM_UP_EVENTS, WARM_UP_EVENTS_PER_SENDER * senders)
     ledger = bench.new_ledger()
-    async with new_client_session(5, REQUEST_TIMEOUT) as session:
-        await Sender(session, url, BodyFactory(KIB), ledger).send_many(count, 5)
+    async with new_client_session(senders, REQUEST_TIMEOUT) as session:
+        await Sender(session, url, BodyFactory(KIB), ledger).send_many(count, senders)
         await wait_for_delivery(ledger, stall_timeout=WARM_UP_TIMEOUT, max_wait=WARM_UP_TIMEOUT)
     if ledger.first_error or ledger.missing():
         reason = ledger.first_error or f"{ledger.missing()} of {count} never arrived"
@@ -287,7 +296,7 @@ async def drive(
 async def measure_bare(bench: Bench, workload: Workload, *, senders: int) -> RunResult:
     """Post the workload straight to the target: the baseline that hookrelay is compared with."""
     url = f"{bench.target.url}/{workload.name}"
-    await warm_up(bench, url)
+    await warm_up(bench, url, senders=senders)
     ledger = bench.new_ledger()
     bodies = BodyFactory(workload.body_size, binary=workload.binary)
     monitor = start_monitor()
@@ -310,7 +319,7 @@ async def measure_relayed(bench: Bench, workload: Workload, *, sync: str | None 
     concurrency = bench.listener_concurrency(workload)
     async with open_stack(bench, workload, sync=sync) as stack:
         listener = stack.start_listener(stack.channel, concurrency)
-        await stack.warm_up(stack.channel)
+        await stack.warm_up(stack.channel, senders=workload.senders)
 
         ledger = bench.new_ledger()
         bodies = BodyFactory(workload.body_size, binary=workload.binary)
