@@ -353,7 +353,7 @@ async def test_newer_schema_is_refused(tmp_path):
 
     with pytest.raises(StoreError) as refused:
         await open_store(tmp_path)
-    assert "written by a newer hookrelay (schema version 99, this one knows 2)" in str(refused.value)
+    assert "written by a newer hookrelay (schema version 99, this one knows 3)" in str(refused.value)
 
 
 def resident_bytes(path):

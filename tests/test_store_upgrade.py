@@ -58,6 +58,19 @@ async def test_upgrade_keeps_deleted_seqs_unused(tmp_path):
     assert seq == 4
 
 
+async def test_upgrade_raises_schema_version(tmp_path):
+    """An opened version 2 database says version 3, so that a version 2 release raises instead of misreading it."""
+    write_earlier_database(tmp_path, [("evt_1", time.time())])
+
+    async with SQLiteStore(tmp_path):
+        pass
+
+    with sqlite3.connect(tmp_path / "hookrelay.sqlite3") as conn:
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+    conn.close()
+    assert version == 3
+
+
 async def test_upgrade_drops_age_index(tmp_path):
     """The index by arrival time is dropped, and pruning by age still finds old events."""
     now = time.time()

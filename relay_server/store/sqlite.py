@@ -155,7 +155,10 @@ _ADDED_COLUMNS = {
 }
 # Kept in PRAGMA user_version. Version 2 keeps large bodies in segment files,
 # which a release that reads only version 1 would take for empty bodies.
-_SCHEMA_VERSION = 2
+# Version 3 keeps an event's last attempt only in its outcome row and numbers
+# events without AUTOINCREMENT, so a version 2 release would lose attempts
+# from history and could give a deleted event's seq again.
+_SCHEMA_VERSION = 3
 # Created once the columns it covers exist, also on databases of earlier releases.
 _SEGMENT_INDEX = "CREATE INDEX IF NOT EXISTS events_by_segment ON events (body_segment) WHERE body_segment IS NOT NULL"
 # Earlier releases indexed events by arrival time for pruning by age. Pruning
