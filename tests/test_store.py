@@ -16,6 +16,7 @@ from relay_server.errors import ChannelFull, DuplicateEvent, StoreError
 from relay_server.ids import hash_token
 from relay_server.protocol import DeliveryResult
 from relay_server.store import ChannelRecord, EventQuery, NewEvent, Retention, SQLiteStore
+from relay_server.store import sqlite as sqlite_store
 from relay_server.store.redis import RedisStore, channel_keys
 from tests.support.redis_server import free_port
 from tests.support.timing import MS
@@ -606,17 +607,18 @@ async def test_redis_claim_writes_presence_only_near_expiry(store, backend, redi
 @pytest.mark.parametrize("backend", ["sqlite"])
 async def test_recent_copies_stay_bounded(make_store, backend):
     """The in-memory copies of new events stop at their count and byte limits, and older events are read back."""
+    limit = sqlite_store._RECENT_EVENTS
     async with make_store() as store:
         await store.create_channel(ChannelRecord("ch_a", hash_token("t"), time.time()))
-        for start in range(0, 4200, 100):
+        for start in range(0, limit + 100, 100):
             await asyncio.gather(*(store.append(new_event("ch_a", n)) for n in range(start, start + 100)))
         copies_of_small = len(store._recent)
         large = os.urandom(1024 * 1024)
-        for n in range(4200, 4220):
+        for n in range(50000, 50020):
             await store.append(new_event("ch_a", n, body=large))
         bytes_of_large = store._recent_bytes
         claimed = await store.claim("ch_a", "default", "c1", 3)
 
-    assert copies_of_small == 4096
-    assert bytes_of_large <= 16 * 1024 * 1024
+    assert copies_of_small == limit
+    assert bytes_of_large <= sqlite_store._RECENT_BYTES
     assert [event.body for event in claimed] == [b'{"n": 0}', b'{"n": 1}', b'{"n": 2}']
