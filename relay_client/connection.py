@@ -51,7 +51,9 @@ Outgoing = DeliveryResult | AttemptReport | TargetResponse
 logger = logging.getLogger("hookrelay.client")
 
 # Finished results, kept to acknowledge redeliveries without a second forward.
-REMEMBERED_RESULTS = 4096
+# As many as a listener can have in flight (4 x --concurrency, at most 1,024),
+# which is what a reconnect can bring back at once.
+REMEMBERED_RESULTS = 1024
 
 
 class ListenerEvents(Protocol):
