@@ -128,6 +128,27 @@ def test_header_code_point_above_255_is_rejected():
         decode_event(b"E" + struct.pack(">I", len(head)) + head)
 
 
+@pytest.mark.parametrize(
+    "headers, message",
+    [
+        ({"a": "b"}, "event headers must be a list of [name, value] pairs"),
+        (["ab"], "each event header must be a [name, value] pair of strings"),
+        ([["a", "b", "c"]], "each event header must be a [name, value] pair of strings"),
+        ([["a"]], "each event header must be a [name, value] pair of strings"),
+        ([["a", 1]], "each event header must be a [name, value] pair of strings"),
+        ([[None, "b"]], "each event header must be a [name, value] pair of strings"),
+        ([{"a": "b"}], "each event header must be a [name, value] pair of strings"),
+        ([["\u0100", "b"]], "invalid byte string: code point above 255 at index 0"),
+    ],
+)
+def test_malformed_event_headers_are_rejected(headers, message):
+    """A header list with a member that is not a pair of byte strings is a protocol error."""
+    head = json.dumps({"id": "e", "channel": "c", "seq": 1, "method": "POST", "target": "", "headers": headers}).encode()
+    with pytest.raises(ProtocolError) as info:
+        decode_event(b"E" + struct.pack(">I", len(head)) + head)
+    assert str(info.value) == message
+
+
 def test_ack_round_trip():
     """Ack results keep outcome, status, attempts and error."""
     results = [DeliveryResult("evt_1", "delivered", 200, 1, 3.5), DeliveryResult("evt_2", "failed", None, 10, 9.0, "refused")]
