@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import ssl
 import time
 from dataclasses import dataclass
@@ -58,8 +59,11 @@ _TLS_REUSE_BODY_BYTES = 64 * 1024
 # httptools sets no limit of its own on the size of a response head.
 _MAX_HEAD_BYTES = 64 * 1024
 _FORBIDDEN_IN_TARGET = frozenset(b"\r\n\x00 ")
-_FORBIDDEN_IN_VALUE = frozenset(b"\r\n\x00")
 _TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+# The checks of every header of every request, as regular expressions
+# because they take about half the time of set operations on the bytes.
+_HEADER_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-zA-Z]+")
+_FORBIDDEN_IN_VALUE = re.compile(rb"[\r\n\x00]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +95,9 @@ def encode_head(method: str, path: bytes, headers: list[tuple[bytes, bytes]], bo
     lines = [method.encode("latin-1"), b" ", path, b" HTTP/1.1\r\n"]
     has_length = False
     for name, value in headers:
-        if not name or not set(name) <= _TOKEN:
+        if _HEADER_NAME.fullmatch(name) is None:
             raise RawRequestError(f"the header name {name!r} is not an HTTP token and cannot be sent")
-        if not _FORBIDDEN_IN_VALUE.isdisjoint(value):
+        if _FORBIDDEN_IN_VALUE.search(value) is not None:
             raise RawRequestError(f"the value of header {name.decode('latin-1')} contains CR, LF or NUL and cannot be sent")
         has_length = has_length or name.lower() == b"content-length"
         lines += (name, b": ", value, b"\r\n")

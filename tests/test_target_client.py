@@ -403,6 +403,9 @@ def test_head_content_length_rules():
         ("POST", b"/", [(b"X-Bad", b"a\x00")]),
         ("POST", b"/", [(b"X Bad", b"a")]),
         ("POST", b"/", [(b"", b"a")]),
+        ("POST", b"/", [(b"X:Bad", b"a")]),
+        ("POST", b"/", [(b"X-Bad\n", b"a")]),
+        ("POST", b"/", [(b"X-Bad", b"a\nb")]),
     ],
 )
 def test_head_with_unsendable_parts_rejected(method, path, headers):
