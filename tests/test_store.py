@@ -335,9 +335,9 @@ async def test_deleted_newest_seq_not_reused(make_store):
     async with make_store() as store:
         await store.create_channel(ChannelRecord("ch_a", b"h", time.time()))
         seqs = await append_many(store, "ch_a", 3)
-        taken = await store.claim("ch_a", "default", "c1", 3)
-        await store.ack("ch_a", "default", [delivered(e.id) for e in taken])
-        assert await store.delete_event("ch_a", taken[-1].id)
+        first_claim = await store.claim("ch_a", "default", "c1", 3)
+        await store.ack("ch_a", "default", [delivered(e.id) for e in first_claim])
+        assert await store.delete_event("ch_a", first_claim[-1].id)
 
     async with make_store() as store:
         seq = await store.append(new_event("ch_a", 3))

@@ -59,7 +59,7 @@ async def test_upgrade_keeps_deleted_seqs_unused(tmp_path):
 
 
 async def test_upgrade_raises_schema_version(tmp_path):
-    """An opened version 2 database says version 3, so that a version 2 release raises instead of misreading it."""
+    """An opened version 2 database records version 3, so that a version 2 release raises instead of misreading it."""
     write_earlier_database(tmp_path, [("evt_1", time.time())])
 
     async with SQLiteStore(tmp_path):

@@ -195,7 +195,7 @@ _LOCK_FILE = "hookrelay.lock"
 # the bodies back from the database. A 1 KB event takes about 3 KB here.
 # Under 50 senders the queue behind one listener stayed below 160 events in
 # 30,000, and keeping 4,096 cost the relay 3 to 4 % more CPU per event
-# than 1,024, because the copies are allocated, evicted and freed.
+# than 1,024 in paired runs.
 _RECENT_EVENTS = 1024
 _RECENT_BYTES = 16 * 1024 * 1024
 
