@@ -163,13 +163,6 @@ async def test_body_without_length_read_to_close():
     assert (answer.status, answer.body) == (200, b"until the end")
 
 
-async def test_response_cut_short_fails():
-    async with ScriptedTarget(lambda *_: b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", close_after=True) as target:
-        client = client_for(target.port)
-        with pytest.raises(RawRequestError, match="in the middle of its response"):
-            await send(client)
-
-
 async def test_body_cut_at_limit():
     long_answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 100
     async with ScriptedTarget(lambda *_: long_answer) as target:
@@ -187,13 +180,6 @@ async def test_connection_close_not_reused():
         await send(client)
         await send(client)
     assert target.connections == 2
-
-
-async def test_response_not_http_fails():
-    async with ScriptedTarget(lambda *_: b"SSH-2.0-OpenSSH\r\n\r\n") as target:
-        client = client_for(target.port)
-        with pytest.raises(RawRequestError, match="not valid HTTP/1.1"):
-            await send(client)
 
 
 async def test_timeout_closes_the_connection():
@@ -245,21 +231,6 @@ async def test_large_body_reaches_slow_reader():
         answer = await send(client_for(port), body=body, timeout=30)
     assert answer.status == 200
     assert b"".join(received) == body
-
-
-async def test_informational_response_then_close_fails():
-    """A 100 Continue followed by a closed connection is no final response."""
-    async with ScriptedTarget(lambda *_: b"HTTP/1.1 100 Continue\r\n\r\n", close_after=True) as target:
-        client = client_for(target.port)
-        with pytest.raises(RawRequestError, match="in the middle of its response"):
-            await send(client)
-
-
-async def test_status_outside_http_range_fails():
-    async with ScriptedTarget(lambda *_: b"HTTP/1.1 600 Odd\r\nContent-Length: 0\r\n\r\n") as target:
-        client = client_for(target.port)
-        with pytest.raises(RawRequestError, match="status 600, outside 100-599"):
-            await send(client)
 
 
 async def test_trailers_are_not_response_headers():
@@ -336,6 +307,29 @@ async def test_close_after_work_is_not_sent_again():
     assert len(received) == 2
 
 
+HUGE_HEAD = b"HTTP/1.1 200 OK\r\n" + b"X-Filler: " + b"a" * 8000 + b"\r\n" + (b"X-More: " + b"b" * 8000 + b"\r\n") * 9 + b"Content-Length: 0\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("answer", "close_after", "message"),
+    [
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", True, "in the middle of its response"),
+        (b"SSH-2.0-OpenSSH\r\n\r\n", False, "not valid HTTP/1.1"),
+        # A 100 Continue followed by a closed connection is no final response.
+        (b"HTTP/1.1 100 Continue\r\n\r\n", True, "in the middle of its response"),
+        (b"HTTP/1.1 600 Odd\r\nContent-Length: 0\r\n\r\n", False, "status 600, outside 100-599"),
+        (HUGE_HEAD, False, "response head is over"),
+    ],
+    ids=["cut-short", "not-http", "continue-then-close", "status-600", "head-over-limit"],
+)
+async def test_invalid_response_fails(answer, close_after, message):
+    """A response cut short, not HTTP, without a final status, out of range or too large fails the request."""
+    async with ScriptedTarget(lambda *_: answer, close_after=close_after) as target:
+        client = client_for(target.port)
+        with pytest.raises(RawRequestError, match=message):
+            await send(client)
+
+
 async def test_switching_protocols_fails_and_drops_connection():
     upgrade = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
     async with ScriptedTarget(lambda *_: upgrade) as target:
@@ -343,14 +337,6 @@ async def test_switching_protocols_fails_and_drops_connection():
         with pytest.raises(RawRequestError, match="switched protocols"):
             await send(client)
         assert client._idle == []
-
-
-async def test_response_head_over_limit_fails():
-    huge = b"HTTP/1.1 200 OK\r\n" + b"X-Filler: " + b"a" * 8000 + b"\r\n" + (b"X-More: " + b"b" * 8000 + b"\r\n") * 9 + b"Content-Length: 0\r\n\r\n"
-    async with ScriptedTarget(lambda *_: huge) as target:
-        client = client_for(target.port)
-        with pytest.raises(RawRequestError, match="response head is over"):
-            await send(client)
 
 
 def ipv6_loopback_available():
