@@ -59,10 +59,9 @@ _TLS_REUSE_BODY_BYTES = 64 * 1024
 # httptools sets no limit of its own on the size of a response head.
 _MAX_HEAD_BYTES = 64 * 1024
 _FORBIDDEN_IN_TARGET = frozenset(b"\r\n\x00 ")
-_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
-# The checks of every header of every request. As regular expressions instead
-# of set operations, a head with eleven headers took 4.0 us instead of 5.2 us.
-_HEADER_NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-zA-Z]+")
+# An HTTP token, which methods and header names must be. Checked with regular
+# expressions, a head with eleven headers took 4.0 us instead of 5.2 us.
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-zA-Z]+")
 _FORBIDDEN_IN_VALUE = re.compile(rb"[\r\n\x00]")
 
 
@@ -88,14 +87,14 @@ def encode_head(method: str, path: bytes, headers: list[tuple[bytes, bytes]], bo
     that cannot be written without changing the message (a space or line
     break in the target, a line break in a value, a name that is not a token).
     """
-    if not method or not set(method.encode("latin-1", "replace")) <= _TOKEN:
+    if _TOKEN.fullmatch(method.encode("latin-1", "replace")) is None:
         raise RawRequestError(f"the method {method!r} is not an HTTP token and cannot be sent")
     if not path or not _FORBIDDEN_IN_TARGET.isdisjoint(path):
         raise RawRequestError(f"the request target {path!r} contains a space, CR, LF or NUL and cannot be sent")
     lines = [method.encode("latin-1"), b" ", path, b" HTTP/1.1\r\n"]
     has_length = False
     for name, value in headers:
-        if _HEADER_NAME.fullmatch(name) is None:
+        if _TOKEN.fullmatch(name) is None:
             raise RawRequestError(f"the header name {name!r} is not an HTTP token and cannot be sent")
         if _FORBIDDEN_IN_VALUE.search(value) is not None:
             raise RawRequestError(f"the value of header {name.decode('latin-1')} contains CR, LF or NUL and cannot be sent")
