@@ -26,7 +26,11 @@ Contract:
   request, and the rest of the body is not sent;
 * fields after a chunked body (trailers) are not added to the headers. A
   status outside 100-599, a 101 (switching protocols) and a head over 64 KiB
-  are invalid responses.
+  are invalid responses;
+* a request times out at most :data:`DEADLINE_CHECK_SECONDS` after its
+  timeout. One timer per client checks the deadlines of the requests in
+  progress, because a timer per request (``asyncio.timeout``) cost the
+  listener about 5 us per event.
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ IDLE_SECONDS = 4.0
 # request, so the request is not sent again at once, and the forwarder's
 # retry reports it as an attempt.
 STALE_CLOSE_SECONDS = 0.05
+# How often a client with requests in progress checks their deadlines.
+DEADLINE_CHECK_SECONDS = 0.05
 # Over TLS the unsent part of a request is not visible in the transport's
 # buffer, so a connection whose request carried more than this is not reused.
 _TLS_REUSE_BODY_BYTES = 64 * 1024
@@ -135,6 +141,8 @@ class _Connection(asyncio.Protocol):
         self.reusable = False
         self.closed = False
         self.idle_since = 0.0
+        # The event loop time at which the request in progress times out.
+        self.deadline = 0.0
 
     async def exchange(self, head: bytes, body: bytes, *, max_body: int, head_only: bool) -> RawResponse:
         """Write the request and return the response. The caller closes the connection if this raises."""
@@ -154,6 +162,12 @@ class _Connection(asyncio.Protocol):
             return await self._waiter
         finally:
             self._waiter = None
+
+    def time_out(self) -> None:
+        """End the request in progress with :class:`TimeoutError` and close the connection."""
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(TimeoutError())
+        self.close()
 
     def close(self) -> None:
         self.reusable = False
@@ -281,6 +295,8 @@ class TargetClient:
         self._max_idle = max(1, max_idle)
         self._idle: list[_Connection] = []
         self._ssl = ssl.create_default_context() if target.scheme == "https" else None
+        self._busy: set[_Connection] = set()
+        self._deadline_check: asyncio.TimerHandle | None = None
 
     async def exchange(
         self,
@@ -299,15 +315,16 @@ class TargetClient:
         """
         head = encode_head(method, path, headers, body)
         head_only = method == "HEAD"
-        async with asyncio.timeout(timeout):
-            connection = self._take_idle()
-            if connection is not None:
-                try:
-                    return await self._exchange_on(connection, head, body, max_body, head_only)
-                except _NoResponse as exc:
-                    logger.debug("sending again on a new connection target=%s error=%s", self.target.redacted(), exc)
+        deadline = asyncio.get_running_loop().time() + timeout
+        connection = self._take_idle()
+        if connection is not None:
+            try:
+                return await self._exchange_on(connection, head, body, max_body, head_only, deadline)
+            except _NoResponse as exc:
+                logger.debug("sending again on a new connection target=%s error=%s", self.target.redacted(), exc)
+        async with asyncio.timeout_at(deadline):
             connection = await self._open()
-            return await self._exchange_on(connection, head, body, max_body, head_only)
+        return await self._exchange_on(connection, head, body, max_body, head_only, deadline)
 
     async def close(self) -> None:
         """Close every idle connection; connections in use close when their request ends."""
@@ -315,14 +332,36 @@ class TargetClient:
         for connection in idle:
             connection.close()
 
-    async def _exchange_on(self, connection: _Connection, head: bytes, body: bytes, max_body: int, head_only: bool) -> RawResponse:
+    async def _exchange_on(
+        self, connection: _Connection, head: bytes, body: bytes, max_body: int, head_only: bool, deadline: float
+    ) -> RawResponse:
+        connection.deadline = deadline
+        self._watch(connection)
         try:
             response = await connection.exchange(head, body, max_body=max_body, head_only=head_only)
         except BaseException:
             connection.close()
             raise
+        finally:
+            self._busy.discard(connection)
         self._release(connection)
         return response
+
+    def _watch(self, connection: _Connection) -> None:
+        self._busy.add(connection)
+        if self._deadline_check is None:
+            loop = asyncio.get_running_loop()
+            self._deadline_check = loop.call_later(DEADLINE_CHECK_SECONDS, self._check_deadlines)
+
+    def _check_deadlines(self) -> None:
+        """Time out the requests past their deadline; check again later while any are in progress."""
+        self._deadline_check = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for connection in [connection for connection in self._busy if connection.deadline <= now]:
+            connection.time_out()
+        if self._busy:
+            self._deadline_check = loop.call_later(DEADLINE_CHECK_SECONDS, self._check_deadlines)
 
     def _take_idle(self) -> _Connection | None:
         # Connections are appended as they fall idle, so expired ones come first.

@@ -191,6 +191,37 @@ async def test_timeout_closes_the_connection():
         assert client._idle == []
 
 
+async def test_timeout_ends_only_the_slow_request():
+    """Requests in progress together each keep their own deadline: the slow one times out, not before its timeout."""
+    async with ScriptedTarget(lambda connection, number, request: b"" if b"slow" in request else OK) as target:
+        client = client_for(target.port)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+
+        async def slow():
+            with pytest.raises(TimeoutError):
+                await client.exchange("POST", b"/hook", [(b"Host", b"t")], b"slow", timeout=0.3, max_body=1 << 20)
+            return loop.time() - started
+
+        slow_task = asyncio.create_task(slow())
+        answers = [await send(client, timeout=0.3) for _ in range(3)]
+        elapsed = await slow_task
+        await client.close()
+    assert [answer.body for answer in answers] == [b"ok"] * 3
+    assert elapsed >= 0.3
+
+
+async def test_answered_request_leaves_its_connection_reusable_after_its_deadline():
+    async with ScriptedTarget() as target:
+        client = client_for(target.port)
+        await send(client, timeout=0.1)
+        await asyncio.sleep(0.1 + 3 * target_client.DEADLINE_CHECK_SECONDS)
+        answer = await send(client, timeout=0.1)
+        await client.close()
+    assert answer.body == b"ok"
+    assert target.connections == 1
+
+
 async def test_expired_idle_connection_not_reused(monkeypatch):
     monkeypatch.setattr(target_client, "IDLE_SECONDS", 0.0)
     async with ScriptedTarget() as target:
