@@ -3,11 +3,14 @@
 import dataclasses
 import io
 import json
+from datetime import datetime, timezone
+
+import pytest
 
 from rich.console import Console
 
 from relay_client.config import parse_target
-from relay_client.console import ListenerConsole, json_line
+from relay_client.console import ListenerConsole, json_line, utc_timestamp
 from relay_server.protocol import DeliveryResult, Event, Welcome
 
 
@@ -27,6 +30,22 @@ def test_json_line_escapes_text_beyond_ascii():
     assert line.isascii()
     assert line.count("\n") == 1
     assert json.loads(line) == record
+
+
+@pytest.mark.parametrize("now", [0.0, 951782400.5, 1764921599.999, 1764921600.0, 1764921600.0625, 1764921600.9999996, 4102444800.25])
+def test_utc_timestamp_matches_isoformat(now):
+    """The --json time field, with its seconds part formatted once per second, reads as datetime formats it."""
+    expected = datetime.fromtimestamp(now, timezone.utc).isoformat(timespec="milliseconds")
+    assert utc_timestamp(now) == expected
+
+
+def test_utc_timestamp_follows_the_second():
+    """Two times in different seconds never share the cached part."""
+    assert [utc_timestamp(now) for now in (1764921600.5, 1764921601.5, 1764921600.75)] == [
+        "2025-12-05T08:00:00.500+00:00",
+        "2025-12-05T08:00:01.500+00:00",
+        "2025-12-05T08:00:00.750+00:00",
+    ]
 
 
 def test_drain_counts_events_acknowledged_again():
