@@ -354,7 +354,7 @@ class TargetClient:
             self._deadline_check = loop.call_later(DEADLINE_CHECK_SECONDS, self._check_deadlines)
 
     def _check_deadlines(self) -> None:
-        """Time out the requests past their deadline; check again later while any are in progress."""
+        """Time out the requests past their deadline, and check again later while any are in progress."""
         self._deadline_check = None
         loop = asyncio.get_running_loop()
         now = loop.time()
