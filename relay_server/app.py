@@ -13,9 +13,11 @@ import logging
 import signal
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http import HttpVersion11
 from aiohttp.typedefs import Handler
 
 from relay_server import admin, api, history, inspector, openapi
@@ -23,7 +25,7 @@ from relay_server.config import ServerConfig
 from relay_server.errors import ConfigError, ListenError, StoreError
 from relay_server.hub import Hub
 from relay_server.guard import GuardedSite, handler_options
-from relay_server.ingest import INGEST_PREFIX, handle_ingest, ingest_not_found, json_error
+from relay_server.ingest import INGEST_PREFIX, handle_ingest, ingest, ingest_not_found, json_error
 from relay_server.protocol import CLOSE_GOING_AWAY
 from relay_server.state import STATE, RelayState
 from relay_server.store.base import EventStore
@@ -90,8 +92,53 @@ async def store_unavailable(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except StoreError as exc:
-        logger.error("request failed path=%s: %s", request.path, exc)
-        return json_error(503, "store_unavailable", "the relay could not reach its store; retry later", **{"Retry-After": "5"})
+        return _store_unavailable(request, exc)
+
+
+def _store_unavailable(request: web.BaseRequest, exc: StoreError) -> web.Response:
+    logger.error("request failed path=%s: %s", request.path, exc)
+    return json_error(503, "store_unavailable", "the relay could not reach its store; retry later", **{"Retry-After": "5"})
+
+
+# The function that aiohttp's server calls for every request.
+ServerHandler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
+
+
+def ingest_first(handler: ServerHandler, state: RelayState) -> ServerHandler:
+    """Wrap the server's request handler so that requests to channel URLs go straight to ingest.
+
+    The application's router and middlewares cost the relay about 15 us of
+    its 100 us per 1 KB event (measured with 50 raw senders). For channel
+    URLs this wrapper does what they did: it sends ``100 Continue`` to a
+    sender that expects it, applies the header limits and the per-address
+    rate, and responds with 503 when the store fails. The ingest routes stay in
+    the application: they describe the URLs, which the OpenAPI document is
+    checked against, and serve them where the application runs unwrapped.
+    """
+
+    async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
+        if not request.path.startswith(INGEST_PREFIX):
+            return await handler(request)
+        await _continue_if_expected(request)
+        rejection = state.guard.admit(request)
+        if rejection is not None:
+            return rejection
+        try:
+            return await ingest(request, state)
+        except StoreError as exc:
+            return _store_unavailable(request, exc)
+
+    return dispatch
+
+
+async def _continue_if_expected(request: web.BaseRequest) -> None:
+    """Send ``100 Continue`` when an HTTP/1.1 sender waits for it, as aiohttp's application does before a route's handler."""
+    if request.version != HttpVersion11 or request.headers.get("Expect", "").lower() != "100-continue":
+        return
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    # The interim response is not part of the response's size, which aiohttp uses to tell whether a response began.
+    request.writer.output_size = 0
+    await request.writer.drain()
 
 
 async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> None:
@@ -108,6 +155,8 @@ async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> N
     options = {"auto_decompress": False, "access_log": None, **handler_options(config.limits)}
     runner = web.AppRunner(build_app(state), handle_signals=False, shutdown_timeout=config.shutdown_grace, **options)
     await runner.setup()
+    assert runner.server is not None
+    runner.server.request_handler = ingest_first(runner.server.request_handler, state)
     try:
         site = GuardedSite(runner, config.host, config.port, connections=state.guard.connections, handler_options=options)
         await _start_site(site, config)

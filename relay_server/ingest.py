@@ -97,7 +97,11 @@ def _channel_not_found() -> web.Response:
 
 
 async def handle_ingest(request: web.Request) -> web.StreamResponse:
-    state: RelayState = request.app[STATE]
+    return await ingest(request, request.app[STATE])
+
+
+async def ingest(request: web.BaseRequest, state: RelayState) -> web.StreamResponse:
+    """Store the request as an event of the channel its URL names, and return the response for the sender."""
     channel_id, tail = split_target(request.raw_path)
     channel = await state.store.get_channel(channel_id)
     if channel is None:

@@ -9,7 +9,8 @@ Every limit responds with a clear status and a JSON body, never HTML:
   refills at ``rate`` tokens per second; each request takes one.
 
 The per-address bucket applies to every request (ingest, API, websocket
-handshakes) and runs in a middleware before any handler. The per-channel
+handshakes) and runs before any handler: in a middleware, and for channel
+URLs in :func:`relay_server.app.ingest_first`. The per-channel
 bucket applies to ingest after the channel is found. Connection-level
 limits (connections per address, header-read timeout, parse errors) live
 in :mod:`relay_server.guard`.
@@ -183,6 +184,10 @@ class IngressGuard:
         logger.debug("request rate limited remote=%s retry_after_s=%.1f", address, wait)
         return rate_limited(f"more than {self.limits.address_rate:g} requests per second from your address", wait)
 
+    def admit(self, request: web.BaseRequest) -> web.Response | None:
+        """Apply the header limits and the per-address rate, and return the rejection or None."""
+        return self.check_headers(tuple(request.raw_headers)) or self.admit_address(request.remote or "")
+
     def check_headers(self, raw_headers: tuple[tuple[bytes, bytes], ...]) -> web.Response | None:
         """Return the 431 response when the header list is over a limit."""
         count = len(raw_headers)
@@ -200,7 +205,7 @@ class IngressGuard:
 
         @web.middleware
         async def ingress_limits(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
-            rejection = self.check_headers(tuple(request.raw_headers)) or self.admit_address(request.remote or "")
+            rejection = self.admit(request)
             if rejection is not None:
                 return rejection
             return await handler(request)
