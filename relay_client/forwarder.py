@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from relay_client.config import ListenerConfig
-from relay_client.target_client import RawRequestError, TargetClient
+from relay_client.target_client import RawRequestError, RawResponse, TargetClient
 from relay_client.retry import is_retryable_status, parse_retry_after
 from relay_server.protocol import DeliveryResult, Event, TargetResponse
 
@@ -187,24 +187,26 @@ class Forwarder:
             headers = self._sign(event, headers)
         started = time.monotonic()
         try:
-            response = await self._send(event, headers)
+            answer = await self._send(event, headers)
         except asyncio.TimeoutError:
             return None, f"timed out after {self.config.timeout:g} s", None, _elapsed_ms(started), None
         except (RawRequestError, OSError) as exc:
             return None, _describe(exc), None, _elapsed_ms(started), None
-        status = response.status
+        duration_ms = _elapsed_ms(started)
+        status = answer.status
         error = None if status < 400 else f"HTTP {status}"
-        retry_after = next((v for k, v in response.headers if k.lower() == b"retry-after"), None)
-        retry_delay = parse_retry_after(retry_after.decode("latin-1") if retry_after else None)
-        return status, error, retry_delay, _elapsed_ms(started), response if event.respond else None
+        # Only a status that is retried needs its Retry-After, and only a waiting sender the response.
+        retry_delay = _retry_after(answer) if is_retryable_status(status) else None
+        response = TargetResponse(event.id, status, tuple(answer.headers), answer.body) if event.respond else None
+        return status, error, retry_delay, duration_ms, response
 
-    async def _send(self, event: Event, headers: list[tuple[bytes, bytes]]) -> TargetResponse:
+    async def _send(self, event: Event, headers: list[tuple[bytes, bytes]]) -> RawResponse:
         """Send one request and return the target's response, its body cut at the reading limit."""
         assert self._client is not None, "use the forwarder as an async context manager"
         path = self.config.target.path_for(event.target.decode("utf-8", "surrogateescape"))
         # One byte past the limit shows the listener that a response for a sender did not fit.
         limit = MAX_SENDER_ANSWER + 1 if event.respond else _MAX_RESPONSE_BODY
-        answer = await self._client.exchange(
+        return await self._client.exchange(
             event.method,
             path.encode("utf-8", "surrogateescape"),
             headers,
@@ -212,7 +214,12 @@ class Forwarder:
             timeout=self.config.timeout,
             max_body=limit,
         )
-        return TargetResponse(event.id, answer.status, tuple(answer.headers), answer.body)
+
+
+def _retry_after(answer: RawResponse) -> float | None:
+    """Return the wait that the response's ``Retry-After`` header asks for, or None."""
+    value = next((value for name, value in answer.headers if name.lower() == b"retry-after"), None)
+    return parse_retry_after(value.decode("latin-1") if value else None)
 
 
 def _elapsed_ms(started: float) -> float:
