@@ -217,7 +217,7 @@ class Forwarder:
 
 
 def _retry_after(answer: RawResponse) -> float | None:
-    """Return the wait that the response's ``Retry-After`` header asks for, or None."""
+    """Return the wait in seconds from the response's ``Retry-After`` header, or None."""
     value = next((value for name, value in answer.headers if name.lower() == b"retry-after"), None)
     return parse_retry_after(value.decode("latin-1") if value else None)
 
