@@ -462,7 +462,10 @@ class SQLiteStore(EventStore):
         return results
 
     def _roll_back(self, conn: sqlite3.Connection) -> None:
-        conn.execute("ROLLBACK")
+        # SQLite ends the transaction itself when a commit fails on a disk
+        # error, and a second ROLLBACK would fail and hide that error.
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         # The batch's appends are gone, and their seqs stay unused. The
         # channel counts may include them, so they are counted again.
         self._forget_recent()
