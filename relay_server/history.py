@@ -145,9 +145,13 @@ async def list_events(request: web.Request, channel: str) -> web.Response:
         # The token may have been rotated while the request waited.
         if await authorize_channel(request) != channel:
             return unauthorized()
+    # The version is taken before the read: a change that lands during the
+    # read then makes the client's next long-poll return at once, instead
+    # of waiting with a version that its rows do not show.
+    version = state.hub.version(channel)
     rows = await state.store.list_events(channel, query)
     next_before = rows[-1].seq if len(rows) == query.limit else None
-    body = {"events": [summary_json(r) for r in rows], "next_before": next_before, "version": state.hub.version(channel)}
+    body = {"events": [summary_json(r) for r in rows], "next_before": next_before, "version": version}
     return web.json_response(body)
 
 

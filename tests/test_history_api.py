@@ -1,14 +1,21 @@
 """The history API against a real relay: list, filters, paging, detail, replay, delete, tokens, long-poll.
 
 Every response is also checked against the schema that the relay's OpenAPI
-document gives for it.
+document gives for it. One test runs the application in-process, on a store
+that lets an event land while a page is read.
 """
 
 import asyncio
 import time
 
 import pytest
+from aiohttp import web
 
+from relay_server import ids
+from relay_server.app import build_app
+from relay_server.config import ServerConfig
+from relay_server.state import RelayState
+from relay_server.store import ChannelRecord, NewEvent, SQLiteStore
 from tests.support.api import ChannelApi, api_request, check_schema, decode_raw
 from tests.support.checks import post_webhook
 from tests.support.http import send_request
@@ -408,3 +415,51 @@ async def test_channel_info_schema(runner, shared_relay, openapi):
     check_schema(openapi, "Channel", answer.body)
     assert answer.body["url"] == channel.url
 
+
+
+class StoreWithLateEvent(SQLiteStore):
+    """A real store in which an event lands while a history page is read, after the page's rows were read."""
+
+    def __init__(self, path, land):
+        super().__init__(path)
+        self.land = land
+
+    async def list_events(self, channel, query):
+        rows = await super().list_events(channel, query)
+        await self.land()
+        return rows
+
+
+async def test_page_version_predates_its_rows(tmp_path):
+    """A page carries the channel version from before its read, so the next long-poll returns the event that landed meanwhile."""
+    landed = []
+
+    async def land():
+        if not landed:
+            event = NewEvent(ids.new_event_id(), "ch_race", "POST", b"/late", (), b"{}", time.time(), remote="127.0.0.1")
+            await store.append(event)
+            state.hub.notify("ch_race")
+            landed.append(event.id)
+
+    store = StoreWithLateEvent(tmp_path, land)
+    await store.open()
+    token = ids.new_token()
+    await store.create_channel(ChannelRecord("ch_race", ids.hash_token(token), time.time()))
+    state = RelayState(config=ServerConfig(data_dir=tmp_path), store=store)
+    runner = web.AppRunner(build_app(state))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}/api/channels/ch_race/events"
+    authorization = [("Authorization", f"Bearer {token}")]
+    try:
+        first = (await send_request(url, "GET", authorization)).json()
+        version_now = state.hub.version("ch_race")
+        second = (await send_request(url, "GET", authorization, query=f"wait=5&version={first['version']}")).json()
+    finally:
+        await runner.cleanup()
+        await store.close()
+
+    assert first["events"] == []
+    assert first["version"] < version_now
+    assert [row["id"] for row in second["events"]] == landed
