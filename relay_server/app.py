@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
-from aiohttp.http import HttpVersion11
 from aiohttp.typedefs import Handler
 
 from relay_server import admin, api, history, inspector, openapi
@@ -25,7 +24,7 @@ from relay_server.config import ServerConfig
 from relay_server.errors import ConfigError, ListenError, StoreError
 from relay_server.hub import Hub
 from relay_server.guard import GuardedSite, handler_options
-from relay_server.ingest import INGEST_PREFIX, handle_ingest, ingest, ingest_not_found, json_error
+from relay_server.ingest import INGEST_PREFIX, continue_later, handle_ingest, ingest, ingest_not_found, json_error
 from relay_server.protocol import CLOSE_GOING_AWAY
 from relay_server.state import STATE, RelayState
 from relay_server.store.base import EventStore
@@ -47,8 +46,8 @@ def build_app(state: RelayState) -> web.Application:
     history.add_routes(app)
     inspector.add_routes(app)
     openapi.add_routes(app)
-    app.router.add_route("*", INGEST_PREFIX + "{channel}", handle_ingest)
-    app.router.add_route("*", INGEST_PREFIX + "{channel}/{tail:.*}", handle_ingest)
+    app.router.add_route("*", INGEST_PREFIX + "{channel}", handle_ingest, expect_handler=continue_later)
+    app.router.add_route("*", INGEST_PREFIX + "{channel}/{tail:.*}", handle_ingest, expect_handler=continue_later)
     app.on_shutdown.append(_close_sessions)
     return app
 
@@ -109,17 +108,17 @@ def ingest_first(handler: ServerHandler, state: RelayState) -> ServerHandler:
 
     The application's router and middlewares cost the relay about 15 us of
     its 100 us per 1 KB event (measured with 50 raw senders). For channel
-    URLs this wrapper does what they did: it sends ``100 Continue`` to a
-    sender that expects it, applies the header limits and the per-address
-    rate, and responds with 503 when the store fails. The ingest routes stay in
-    the application: they describe the URLs, which the OpenAPI document is
-    checked against, and serve them where the application runs unwrapped.
+    URLs this wrapper does what they did: it applies the header limits and
+    the per-address rate, and responds with 503 when the store fails.
+    Ingest sends ``100 Continue`` itself (see :func:`read_body`). The ingest
+    routes stay in the application: they describe the URLs, which the
+    OpenAPI document is checked against, and serve them where the
+    application runs unwrapped.
     """
 
     async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
         if not request.path.startswith(INGEST_PREFIX):
             return await handler(request)
-        await _continue_if_expected(request)
         rejection = state.guard.admit(request)
         if rejection is not None:
             return rejection
@@ -129,16 +128,6 @@ def ingest_first(handler: ServerHandler, state: RelayState) -> ServerHandler:
             return _store_unavailable(request, exc)
 
     return dispatch
-
-
-async def _continue_if_expected(request: web.BaseRequest) -> None:
-    """Send ``100 Continue`` when an HTTP/1.1 sender waits for it, as aiohttp's application does before a route's handler."""
-    if request.version != HttpVersion11 or request.headers.get("Expect", "").lower() != "100-continue":
-        return
-    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-    # The interim response is not part of the response's size, which aiohttp uses to tell whether a response began.
-    request.writer.output_size = 0
-    await request.writer.drain()
 
 
 async def serve(config: ServerConfig, *, stop: asyncio.Event | None = None) -> None:

@@ -17,6 +17,7 @@ import time
 from urllib.parse import unquote
 
 from aiohttp import web
+from aiohttp.http import HttpVersion11
 from aiohttp.typedefs import Handler
 
 from relay_server.errors import ChannelFull, DuplicateEvent, StoreError
@@ -58,14 +59,20 @@ def split_target(raw_path: str) -> tuple[str, bytes]:
     return unquote(rest[:cut]), rest[cut:].encode("utf-8", "surrogateescape")
 
 
-async def read_body(request: web.Request, limit: int, timeout: float) -> bytes | None:
+async def read_body(request: web.BaseRequest, limit: int, timeout: float) -> bytes | None:
     """Read the body, or return None as soon as it exceeds ``limit`` bytes.
+
+    A sender that sent ``Expect: 100-continue`` gets ``100 Continue`` here,
+    after the checks that reject a request without its body (the channel,
+    the rate limits, a declared length over ``limit``), so that a rejected
+    sender does not upload the body first.
 
     Raises TimeoutError when the whole body has not arrived within ``timeout`` seconds.
     """
     declared = request.content_length
     if declared is not None and declared > limit:
         return None
+    await _continue_if_expected(request)
     if request.content.is_eof():
         # The whole body came with the head, as small bodies do: take it as is.
         body = request.content.read_nowait()
@@ -79,6 +86,19 @@ async def read_body(request: web.Request, limit: int, timeout: float) -> bytes |
                 return None
             chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def continue_later(request: web.Request) -> None:
+    """Leave ``100 Continue`` to ingest, in place of aiohttp's expect handler, which sends it before the handler runs."""
+
+
+async def _continue_if_expected(request: web.BaseRequest) -> None:
+    if request.version != HttpVersion11 or request.headers.get("Expect", "").lower() != "100-continue":
+        return
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    # The interim response is not part of the response's size, which aiohttp uses to tell whether a response began.
+    request.writer.output_size = 0
+    await request.writer.drain()
 
 
 @web.middleware

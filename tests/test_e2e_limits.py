@@ -238,6 +238,21 @@ async def test_unknown_expectation_417(runner, shared_relay):
     assert proceed.status == 100, proceed.describe()
 
 
+async def test_rejection_comes_before_continue(runner, tmp_path):
+    """A sender that expects 100-continue gets a rejection the relay can give without the body at once, with no 100 first."""
+    relay = await runner.start_relay(tmp_path / "data", "--max-body", "1024")
+    channel = await runner.create_channel(relay.url)
+    expect = [("Expect", "100-continue"), ("Content-Type", "application/json")]
+
+    unknown = await send_request(f"{relay.url}/h/ch_missing", "POST", expect, b"{}")
+    too_large = await send_request(channel.url, "POST", expect, b"x" * 2048)
+    accepted = await send_request(channel.url, "POST", expect, b"{}")
+
+    assert unknown.status == 404, unknown.describe()
+    assert too_large.status == 413, too_large.describe()
+    assert accepted.status == 100, accepted.describe()
+
+
 async def test_sender_gone_mid_body_logged(runner, tmp_path):
     """A sender that closes the connection partway through its body costs one log line, no traceback, and stores nothing."""
     relay = await runner.start_relay(tmp_path / "data")
