@@ -117,7 +117,7 @@ def listen(
         group=group,
         target=target,
         host_header=host_header,
-        timeout=parse_duration(timeout, "--timeout"),
+        timeout=parse_duration(timeout, "--timeout", positive=True),
         concurrency=concurrency,
         retry=RetryPolicy(max_attempts=max_attempts),
         event_filter=event_filter,

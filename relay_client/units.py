@@ -22,9 +22,12 @@ def parse_size(value: str | int, option: str) -> int:
     return int(float(match.group(1)) * _SIZE_FACTORS[unit])
 
 
-def parse_duration(value: str | float, option: str) -> float:
-    """Parse ``45``, ``45s``, ``30m``, ``12h`` or ``7d`` into seconds."""
+def parse_duration(value: str | float, option: str, *, positive: bool = False) -> float:
+    """Parse ``45``, ``45s``, ``500ms``, ``30m``, ``12h`` or ``7d`` into seconds; ``positive`` rejects zero."""
     match = _DURATION.match(str(value))
     if match is None:
-        raise UsageError(option, value, "use seconds or a duration such as 90s, 30m, 12h or 7d")
-    return float(match.group(1)) * _DURATION_FACTORS[(match.group(2) or "s").lower()]
+        raise UsageError(option, value, "use seconds or a duration such as 500ms, 90s, 30m, 12h or 7d")
+    seconds = float(match.group(1)) * _DURATION_FACTORS[(match.group(2) or "s").lower()]
+    if positive and seconds <= 0:
+        raise UsageError(option, value, "use a duration above zero, such as 500ms, 30s or 2m")
+    return seconds

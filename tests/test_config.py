@@ -104,6 +104,16 @@ def test_parse_duration(text, seconds):
     assert parse_duration(text, "--timeout") == seconds
 
 
+@pytest.mark.parametrize("text", ["0", "0s", "0ms", "0.0"])
+def test_positive_duration_rejects_zero(text):
+    """A duration that must be above zero, such as the listener's --timeout, rejects zero with a hint."""
+    with pytest.raises(UsageError) as info:
+        parse_duration(text, "--timeout", positive=True)
+
+    assert info.value.option == "--timeout"
+    assert "above zero" in info.value.hint
+
+
 def test_bad_units_name_the_option():
     """A bad size or duration raises UsageError with the option and a hint."""
     with pytest.raises(UsageError) as info:
