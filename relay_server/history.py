@@ -121,6 +121,15 @@ def parse_query(request: web.Request) -> EventQuery:
     )
 
 
+def _wait_seconds(params: Any) -> float:
+    """Return the long-poll wait, capped at MAX_WAIT; raises ValueError for one that is not a number of seconds from 0."""
+    wait = _number(params, "wait", float) or 0.0
+    # NaN fails every comparison, so it is caught by the negated test.
+    if not wait >= 0:
+        raise ValueError(f"wait must be a number of seconds from 0 to {MAX_WAIT:g}, not {params.get('wait')!r}")
+    return min(wait, MAX_WAIT)
+
+
 def _number(params: Any, key: str, kind: type) -> Any:
     value = params.get(key)
     if value in (None, ""):
@@ -136,8 +145,8 @@ async def list_events(request: web.Request, channel: str) -> web.Response:
     state: RelayState = request.app[STATE]
     try:
         query = parse_query(request)
-        wait = min(float(request.query.get("wait", 0)), MAX_WAIT)
-        seen = int(request.query["version"]) if "version" in request.query else None
+        wait = _wait_seconds(request.query)
+        seen = _number(request.query, "version", int)
     except ValueError as exc:
         return json_error(400, "invalid_query", str(exc))
     if wait > 0 and seen == state.hub.version(channel):

@@ -136,6 +136,10 @@ async def test_list_filter_by_state(runner, shared_relay, target):
         ({"state": "lost"}, "state must be one of pending, delivered, failed, skipped, not 'lost'"),
         ({"limit": "ten"}, "limit must be a number, not 'ten'"),
         ({"since": "yesterday"}, "since must be a number, not 'yesterday'"),
+        ({"version": "abc"}, "version must be a number, not 'abc'"),
+        ({"wait": "abc"}, "wait must be a number, not 'abc'"),
+        ({"wait": "-1"}, "wait must be a number of seconds from 0 to 30, not '-1'"),
+        ({"wait": "nan"}, "wait must be a number of seconds from 0 to 30, not 'nan'"),
     ],
 )
 async def test_list_invalid_filter(params, message, runner, shared_relay, openapi):
