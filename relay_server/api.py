@@ -130,11 +130,20 @@ async def close_listeners(state: RelayState, channel_id: str) -> int:
     return len(connections)
 
 
+def valid_group(name: str) -> bool:
+    """Tell whether ``name`` is a consumer group name: 1-64 letters, digits and ``_ . : -``."""
+    return _GROUP_NAME.match(name) is not None
+
+
+def invalid_group(name: str) -> web.Response:
+    return json_error(400, "invalid_group", f"group names use 1-64 letters, digits and _ . : -, not {name!r}")
+
+
 @with_channel_token
 async def listen(request: web.Request, channel_id: str) -> web.StreamResponse:
     group = request.query.get("group", DEFAULT_GROUP)
-    if not _GROUP_NAME.match(group):
-        return json_error(400, "invalid_group", "group names use 1-64 letters, digits and _ . : -")
+    if not valid_group(group):
+        return invalid_group(group)
 
     state: RelayState = request.app[STATE]
     window = _window(request, state.config.window)

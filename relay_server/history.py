@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from relay_server import channel_security, responses
-from relay_server.api import authorize_channel, unauthorized, with_channel_token
+from relay_server.api import authorize_channel, invalid_group, unauthorized, valid_group, with_channel_token
 from relay_server.errors import ConfigError
 from relay_server.ingest import json_error
 from relay_server.state import STATE, RelayState
@@ -107,8 +107,11 @@ def parse_query(request: web.Request) -> EventQuery:
     state = params.get("state")
     if state is not None and state not in EVENT_STATES:
         raise ValueError(f"state must be one of {', '.join(EVENT_STATES)}, not {state!r}")
+    group = params.get("group", DEFAULT_GROUP)
+    if not valid_group(group):
+        raise ValueError(f"group must use 1-64 letters, digits and _ . : -, not {group!r}")
     return EventQuery(
-        group=params.get("group", DEFAULT_GROUP),
+        group=group,
         state=state,
         method=params.get("method", "").upper() or None,
         event_type=params.get("type") or None,
@@ -177,16 +180,21 @@ async def _wait_for_change(state: RelayState, channel: str, wait: float) -> None
 @with_channel_token
 async def show_event(request: web.Request, channel: str) -> web.Response:
     state: RelayState = request.app[STATE]
+    group = request.query.get("group", DEFAULT_GROUP)
+    if not valid_group(group):
+        return invalid_group(group)
     detail = await state.store.get_event(channel, request.match_info["event"])
     if detail is None:
         return _event_not_found(request)
-    return web.json_response(detail_json(detail, request.query.get("group", DEFAULT_GROUP)))
+    return web.json_response(detail_json(detail, group))
 
 
 @with_channel_token
 async def replay_event(request: web.Request, channel: str) -> web.Response:
     state: RelayState = request.app[STATE]
     group = request.query.get("group", DEFAULT_GROUP)
+    if not valid_group(group):
+        return invalid_group(group)
     event_id = request.match_info["event"]
     # A replay to a group no listener has used yet creates it, even a group
     # named by a typo, so the response reports it.

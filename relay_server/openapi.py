@@ -169,9 +169,10 @@ SCHEMAS: dict[str, Schema] = {
 _CHANNEL = {"name": "channel", "in": "path", "required": True, "schema": {"type": "string"}, "description": "Channel id, ch_…."}
 _EVENT = {"name": "event", "in": "path", "required": True, "schema": {"type": "string"}, "description": "Event id, evt_…."}
 _GROUP = {
-    "name": "group", "in": "query", "schema": {"type": "string", "default": "default"},
+    "name": "group", "in": "query", "schema": {"type": "string", "default": "default", "pattern": "^[A-Za-z0-9_.:-]{1,64}$"},
     "description": "Consumer group whose state is shown or that receives the event.",
 }
+_INVALID_GROUP = _error("Invalid group name.")
 _CHANNEL_AUTH = [{"channelToken": []}]
 _UNAUTHORIZED = _error("Missing or wrong channel token; an unknown channel gets the same answer.")
 _NOT_FOUND = _error("No event with this id in the channel.")
@@ -276,7 +277,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "tags": ["history"], "operationId": "show_event",
             "summary": "Show one event in full: headers, body, raw bytes in base64, attempts, outcomes and the sender's answer.",
             "parameters": [_CHANNEL, _EVENT, _GROUP], "security": _CHANNEL_AUTH,
-            "responses": {"200": _json(_ref("EventDetail"), "The event."), "401": _UNAUTHORIZED, "404": _NOT_FOUND},
+            "responses": {"200": _json(_ref("EventDetail"), "The event."), "400": _INVALID_GROUP, "401": _UNAUTHORIZED, "404": _NOT_FOUND},
         },
         "delete": {
             "tags": ["history"], "operationId": "delete_event", "summary": "Delete an event and its history.",
@@ -289,7 +290,7 @@ PATHS: dict[str, dict[str, Any]] = {
             "tags": ["history"], "operationId": "replay_event",
             "summary": "Queue the event again for a consumer group, with the same id.",
             "parameters": [_CHANNEL, _EVENT, _GROUP], "security": _CHANNEL_AUTH,
-            "responses": {"202": _json(_ref("Replayed"), "Queued."), "401": _UNAUTHORIZED, "404": _NOT_FOUND},
+            "responses": {"202": _json(_ref("Replayed"), "Queued."), "400": _INVALID_GROUP, "401": _UNAUTHORIZED, "404": _NOT_FOUND},
         },
     },
     "/api/metrics": {

@@ -137,6 +137,7 @@ async def test_list_filter_by_state(runner, shared_relay, target):
         ({"limit": "ten"}, "limit must be a number, not 'ten'"),
         ({"since": "yesterday"}, "since must be a number, not 'yesterday'"),
         ({"version": "abc"}, "version must be a number, not 'abc'"),
+        ({"group": "bad group!"}, "group must use 1-64 letters, digits and _ . : -, not 'bad group!'"),
         ({"wait": "abc"}, "wait must be a number, not 'abc'"),
         ({"wait": "-1"}, "wait must be a number of seconds from 0 to 30, not '-1'"),
         ({"wait": "nan"}, "wait must be a number of seconds from 0 to 30, not 'nan'"),
@@ -324,6 +325,20 @@ async def test_unknown_channel_same_401(shared_relay):
 
     assert answer.status == 401
     assert answer.body == {"error": "unauthorized", "message": "missing or invalid channel token"}
+
+
+@pytest.mark.parametrize(("method", "suffix"), [("GET", ""), ("POST", "/replay")])
+async def test_invalid_group_400(method, suffix, runner, shared_relay, openapi):
+    """Show and replay reject a group name that no listener could use, instead of showing or queuing for it."""
+    channel, api = await new_channel(runner, shared_relay)
+    event_id = await post_webhook(channel.url, b"{}")
+
+    answer = await api.call(method, f"/events/{event_id}{suffix}", params={"group": "bad group!"})
+
+    assert answer.status == 400, answer.describe()
+    check_schema(openapi, "Error", answer.body)
+    assert answer.body["error"] == "invalid_group"
+    assert "'bad group!'" in answer.body["message"]
 
 
 @pytest.mark.parametrize(("method", "suffix"), [("GET", ""), ("POST", "/replay"), ("DELETE", "")])
