@@ -23,7 +23,7 @@ def parse_size(value: str | int, option: str) -> int:
 
 
 def parse_duration(value: str | float, option: str, *, positive: bool = False) -> float:
-    """Parse ``45``, ``45s``, ``500ms``, ``30m``, ``12h`` or ``7d`` into seconds; ``positive`` rejects zero."""
+    """Parse ``45``, ``45s``, ``500ms``, ``30m``, ``12h`` or ``7d`` into seconds, rejecting zero when ``positive`` is set."""
     match = _DURATION.match(str(value))
     if match is None:
         raise UsageError(option, value, "use seconds or a duration such as 500ms, 90s, 30m, 12h or 7d")

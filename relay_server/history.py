@@ -125,7 +125,7 @@ def parse_query(request: web.Request) -> EventQuery:
 
 
 def _wait_seconds(params: Any) -> float:
-    """Return the long-poll wait, capped at MAX_WAIT; raises ValueError for one that is not a number of seconds from 0."""
+    """Return the long-poll wait, capped at MAX_WAIT, or raise ValueError for one that is not a number of seconds from 0."""
     wait = _number(params, "wait", float) or 0.0
     # NaN fails every comparison, so it is caught by the negated test.
     if not wait >= 0:
