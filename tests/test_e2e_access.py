@@ -8,17 +8,13 @@ hash, so the two paths do the same work.
 
 import base64
 import secrets
-import time
 
 import pytest
-from aiohttp import web
 
 from relay_server import ids
-from relay_server.app import build_app
-from relay_server.config import ServerConfig
-from relay_server.state import RelayState
-from relay_server.store import ChannelRecord, SQLiteStore
+from relay_server.store import SQLiteStore
 from tests.support.http import RawResponse, send_request
+from tests.support.inprocess import add_channel, serving
 
 ENDPOINTS = [
     ("GET", "/api/channels/{channel}"),
@@ -97,25 +93,14 @@ async def test_unknown_channel_costs_same_work(tmp_path, monkeypatch):
         return real(first, second)
 
     store = SQLiteStore(tmp_path)
-    await store.open()
-    token = ids.new_token()
-    await store.create_channel(ChannelRecord("ch_known", ids.hash_token(token), time.time()))
-    state = RelayState(config=ServerConfig(data_dir=tmp_path), store=store)
-    runner = web.AppRunner(build_app(state))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-    monkeypatch.setattr(ids.hmac, "compare_digest", spy)
-    try:
+    async with serving(store, tmp_path) as (url, _):
+        await add_channel(store, "ch_known")
+        monkeypatch.setattr(ids.hmac, "compare_digest", spy)
         known = await send_request(f"{url}/api/channels/ch_known", "GET", [("Authorization", "Bearer wrong")])
         known_work = list(compared)
         compared.clear()
         unknown = await send_request(f"{url}/api/channels/ch_unknown", "GET", [("Authorization", "Bearer wrong")])
         unknown_work = list(compared)
-    finally:
-        await runner.cleanup()
-        await store.close()
 
     assert known.status == unknown.status == 401
     assert known_work == unknown_work == [(32, 32)]

@@ -9,16 +9,13 @@ import asyncio
 import time
 
 import pytest
-from aiohttp import web
 
 from relay_server import ids
-from relay_server.app import build_app
-from relay_server.config import ServerConfig
-from relay_server.state import RelayState
-from relay_server.store import ChannelRecord, NewEvent, SQLiteStore
+from relay_server.store import NewEvent, SQLiteStore
 from tests.support.api import ChannelApi, api_request, check_schema, decode_raw
 from tests.support.checks import post_webhook
 from tests.support.http import send_request
+from tests.support.inprocess import add_channel, serving
 from tests.support.processes import Channel
 from tests.support.timing import MS
 
@@ -461,23 +458,13 @@ async def test_page_version_predates_its_rows(tmp_path):
             landed.append(event.id)
 
     store = StoreWithLateEvent(tmp_path, land)
-    await store.open()
-    token = ids.new_token()
-    await store.create_channel(ChannelRecord("ch_race", ids.hash_token(token), time.time()))
-    state = RelayState(config=ServerConfig(data_dir=tmp_path), store=store)
-    runner = web.AppRunner(build_app(state))
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    url = f"http://127.0.0.1:{runner.addresses[0][1]}/api/channels/ch_race/events"
-    authorization = [("Authorization", f"Bearer {token}")]
-    try:
+    async with serving(store, tmp_path) as (base, state):
+        token = await add_channel(store, "ch_race")
+        url = f"{base}/api/channels/ch_race/events"
+        authorization = [("Authorization", f"Bearer {token}")]
         first = (await send_request(url, "GET", authorization)).json()
         version_now = state.hub.version("ch_race")
         second = (await send_request(url, "GET", authorization, query=f"wait=5&version={first['version']}")).json()
-    finally:
-        await runner.cleanup()
-        await store.close()
 
     assert first["events"] == []
     assert first["version"] < version_now
