@@ -32,7 +32,9 @@ logger = logging.getLogger("hookrelay.server.api")
 
 ChannelHandler = Callable[[web.Request, str], Awaitable[web.StreamResponse]]
 
-_GROUP_NAME = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+# A consumer group name, matched in full: "$" alone would also take a name with a trailing newline.
+_GROUP_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+GROUP_RULE = "1-64 letters, digits and _ . : -"
 # The relay's frames add a JSON header to each body; this leaves room for it.
 _FRAME_OVERHEAD = 1024 * 1024
 
@@ -131,12 +133,12 @@ async def close_listeners(state: RelayState, channel_id: str) -> int:
 
 
 def valid_group(name: str) -> bool:
-    """Tell whether ``name`` is a consumer group name: 1-64 letters, digits and ``_ . : -``."""
-    return _GROUP_NAME.match(name) is not None
+    """Tell whether ``name`` is a valid consumer group name (see GROUP_RULE)."""
+    return _GROUP_NAME.fullmatch(name) is not None
 
 
 def invalid_group(name: str) -> web.Response:
-    return json_error(400, "invalid_group", f"group names use 1-64 letters, digits and _ . : -, not {name!r}")
+    return json_error(400, "invalid_group", f"group names use {GROUP_RULE}, not {name!r}")
 
 
 @with_channel_token

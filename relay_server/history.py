@@ -18,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from relay_server import channel_security, responses
-from relay_server.api import authorize_channel, invalid_group, unauthorized, valid_group, with_channel_token
+from relay_server.api import GROUP_RULE, authorize_channel, invalid_group, unauthorized, valid_group, with_channel_token
 from relay_server.errors import ConfigError
 from relay_server.ingest import json_error
 from relay_server.state import STATE, RelayState
@@ -109,7 +109,7 @@ def parse_query(request: web.Request) -> EventQuery:
         raise ValueError(f"state must be one of {', '.join(EVENT_STATES)}, not {state!r}")
     group = params.get("group", DEFAULT_GROUP)
     if not valid_group(group):
-        raise ValueError(f"group must use 1-64 letters, digits and _ . : -, not {group!r}")
+        raise ValueError(f"group must use {GROUP_RULE}, not {group!r}")
     return EventQuery(
         group=group,
         state=state,

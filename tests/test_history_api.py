@@ -135,6 +135,7 @@ async def test_list_filter_by_state(runner, shared_relay, target):
         ({"since": "yesterday"}, "since must be a number, not 'yesterday'"),
         ({"version": "abc"}, "version must be a number, not 'abc'"),
         ({"group": "bad group!"}, "group must use 1-64 letters, digits and _ . : -, not 'bad group!'"),
+        ({"group": "ops\n"}, "group must use 1-64 letters, digits and _ . : -, not 'ops\\n'"),
         ({"wait": "abc"}, "wait must be a number, not 'abc'"),
         ({"wait": "-1"}, "wait must be a number of seconds from 0 to 30, not '-1'"),
         ({"wait": "nan"}, "wait must be a number of seconds from 0 to 30, not 'nan'"),
