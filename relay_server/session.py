@@ -32,6 +32,7 @@ from relay_server.protocol import (
     CLOSE_PROTOCOL_ERROR,
     CLOSE_UNAUTHORIZED,
     AttemptReport,
+    Event,
     ProtocolError,
     Welcome,
     decode_response,
@@ -82,6 +83,11 @@ class ListenerSession:
         self.token_hash = token_hash
         self.consumer = f"{group}-{secrets.token_hex(6)}"
         self.in_flight: set[str] = set()
+        # Whether the last claim found fewer events than it requested. Then
+        # only the hub's news of an append or a release can give the next
+        # claim anything, and an ack, which only makes room, does not wake
+        # the pump.
+        self.drained = False
         self.wakeup = state.hub.subscribe(channel)
 
     async def run(self) -> None:
@@ -128,23 +134,38 @@ class ListenerSession:
         await self.ws.send_str(encode_welcome(welcome))
 
     async def _pump(self) -> None:
-        """Claim and send events while the window has room; sleep until woken otherwise."""
+        """Claim and send events while the window has room and the store has events.
+
+        A claim that finds fewer events than it requested shows that the
+        store has nothing more for this group, so the pump then waits for the
+        hub instead of claiming again. Under load, such a second claim would
+        come after almost every claim and find nothing.
+        """
         while not self.ws.closed:
             # Clear before claiming: a notify that lands during the claim
             # must wake the next wait, not be lost.
             self.wakeup.clear()
             room = min(self.window - len(self.in_flight), CLAIM_LIMIT)
-            events = await self.state.store.claim(self.channel, self.group, self.consumer, room) if room > 0 else []
-            frames = []
-            for event in events:
-                self.in_flight.add(event.id)
-                if event.respond_until is not None and time.time() < event.respond_until:
-                    # A sender still waits for this event's answer.
-                    event = dataclasses.replace(event, respond=True)
-                frames.append(encode_event(event))
-            await self._send_frames(frames)
-            if not events:
+            if room <= 0:
+                # An ack wakes the pump: the last claim filled the window.
                 await self.wakeup.wait()
+                continue
+            events = await self.state.store.claim(self.channel, self.group, self.consumer, room)
+            self.drained = len(events) < room
+            await self._send_frames(self._frames_of(events))
+            if self.drained:
+                await self.wakeup.wait()
+
+    def _frames_of(self, events: list[Event]) -> list[bytes]:
+        """Encode claimed events and count them in flight."""
+        frames = []
+        for event in events:
+            self.in_flight.add(event.id)
+            if event.respond_until is not None and time.time() < event.respond_until:
+                # A sender still waits for the target's response to this event.
+                event = dataclasses.replace(event, respond=True)
+            frames.append(encode_event(event))
+        return frames
 
     async def _send_frames(self, frames: list[bytes]) -> None:
         """Send event frames in order, the small ones packed into batch frames when the listener takes them."""
@@ -223,7 +244,8 @@ class ListenerSession:
         for result in results:
             self.in_flight.discard(result.event_id)
             logger.debug("event acked channel=%s event_id=%s outcome=%s", self.channel, result.event_id, result.outcome)
-        self.wakeup.set()
+        if not self.drained:
+            self.wakeup.set()
         self.state.hub.touch(self.channel)
 
     async def _record_attempt(self, report: AttemptReport) -> None:

@@ -396,6 +396,26 @@ async def test_replay_reaches_only_its_group(store):
     assert await store.backlog("ch_a", "default") == 0
 
 
+async def test_claim_skips_other_groups_replays(store):
+    """Replays queued for another group do not make a claim come back short while events are there.
+
+    A session waits for a wake-up after a short claim, so a claim that
+    stopped early would strand the events behind the replays.
+    """
+    await store.claim("ch_a", "audit", "a1", 1)
+    await append_many(store, "ch_a", 12)
+    for group, consumer in (("default", "d1"), ("audit", "a1")):
+        taken = await store.claim("ch_a", group, consumer, 12)
+        await store.ack("ch_a", group, [delivered(event.id) for event in taken])
+    for event in taken:
+        assert await store.replay("ch_a", event.id, "audit") is True
+    await store.append(new_event("ch_a", 12))
+
+    claimed = await store.claim("ch_a", "default", "d1", 1)
+
+    assert [event.id for event in claimed] == ["evt_ch_a_00012"]
+
+
 async def test_replayed_event_survives_count_retention(make_store):
     """Count retention prunes acknowledged events before a replayed one but keeps the replayed one."""
     async with make_store(retention=Retention(max_events=3)) as store:

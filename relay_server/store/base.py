@@ -197,6 +197,12 @@ class EventStore(abc.ABC):
         after the group's cursor, all in sequence order. A group seen for the
         first time starts at the end of the log (new events only), except the
         ``default`` group, which exists from the channel's creation on.
+
+        Fewer than ``count`` events come back only when the group has nothing
+        more to claim at that moment. A session then waits for the hub's
+        wake-up instead of claiming again, so an event that becomes
+        claimable must come with a wake-up (an append, a release, a replay,
+        or consumers found gone).
         """
 
     @abc.abstractmethod

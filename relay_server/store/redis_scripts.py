@@ -229,13 +229,18 @@ if summary[4] then
   end
 end
 table.sort(candidates, function(a, b) return seq_of(a[1]) < seq_of(b[1]) end)
-local deliveries = {}
-local ids = {}
-for i = 1, math.min(count, #candidates) do
-  deliveries[candidates[i][1]] = candidates[i][4] + 1
-  table.insert(ids, candidates[i][1])
-end
-if #ids > 0 then
+-- Entries whose event is gone are skipped, so claim in rounds until the
+-- count is filled or the candidates run out.
+local next_candidate = 1
+while #out < count and next_candidate <= #candidates do
+  local last = math.min(#candidates, next_candidate + count - #out - 1)
+  local deliveries = {}
+  local ids = {}
+  for i = next_candidate, last do
+    deliveries[candidates[i][1]] = candidates[i][4] + 1
+    table.insert(ids, candidates[i][1])
+  end
+  next_candidate = last + 1
   for _, entry in ipairs(redis.call('XCLAIM', KEYS[2], group, consumer, 0, unpack(ids))) do
     if entry and entry[2] then
       take(entry[1], entry[2], deliveries[entry[1]])
@@ -258,11 +263,13 @@ for name, _ in pairs(stale) do
 end
 
 -- 2. New entries after the group's position. Replay references of other
--- groups are skipped, so read a few rounds to fill the count.
-for round = 1, 8 do
-  local need = count - #out
-  if need <= 0 then break end
-  local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', need, 'STREAMS', KEYS[2], '>')
+-- groups are skipped, so read until the count is filled or the log ends:
+-- a claim returns fewer than its count only when nothing more is there,
+-- and the session then waits for a wake-up instead of claiming again.
+-- Each round moves the group's position on, so the rounds are bounded by
+-- the log's length.
+while #out < count do
+  local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count - #out, 'STREAMS', KEYS[2], '>')
   if not reply or #reply[1][2] == 0 then break end
   for _, entry in ipairs(reply[1][2]) do
     -- A replay reference counts as a first delivery too, so a listener
