@@ -117,12 +117,30 @@ def show_event(
     out.print()
     out.print(Text(_readable_body(detail)))
     out.print()
-    for attempt in detail["attempts"]:
-        status = attempt["status"] if attempt["status"] is not None else "no answer"
-        out.print(Text(f"attempt {attempt['attempt']} ({attempt['group']}): {status}  {attempt['duration_ms']:.0f} ms  {printable(attempt['error'] or '')}"))
+    for line in _attempt_lines(detail["attempts"]):
+        out.print(Text(line))
     answer = detail.get("answer")
     if answer is not None:
         out.print(Text(f"answer to the sender: {answer['status']} ({answer['source']})"))
+
+
+def _attempt_lines(attempts: list[dict[str, Any]]) -> list[str]:
+    """Return a line per delivery attempt, and a line before the attempts of each replay.
+
+    A replay numbers its attempts from 1 again, so a group's attempt number
+    that does not grow shows where a replay began.
+    """
+    lines = []
+    last: dict[str, int] = {}
+    for attempt in attempts:
+        group = attempt["group"]
+        if attempt["attempt"] <= last.get(group, 0):
+            lines.append(f"replayed ({group}):")
+        last[group] = attempt["attempt"]
+        status = attempt["status"] if attempt["status"] is not None else "no answer"
+        error = printable(attempt["error"] or "")
+        lines.append(f"attempt {attempt['attempt']} ({group}) at {_time(attempt['at'])}: {status}  {attempt['duration_ms']:.0f} ms  {error}".rstrip())
+    return lines
 
 
 def _readable_body(detail: dict[str, Any]) -> str:

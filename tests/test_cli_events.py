@@ -142,6 +142,33 @@ async def test_events_replay_json(runner, shared_relay, target):
     assert target.event_ids == [first, second, first, second]
 
 
+async def test_events_show_marks_replay(runner, shared_relay, target):
+    """`events show` prints a line where a replay's attempts, numbered from 1 again, begin."""
+    channel = await runner.create_channel(shared_relay.url)
+    runner.start_listener(shared_relay.url, channel, target.authority)
+    api = ChannelApi(shared_relay.url, channel)
+    event_id = await post_webhook(channel.url, b'{"n": 1}')
+    await api.wait_for_state(event_id, "delivered", DELIVERY_TIMEOUT)
+    await run_json(runner, ["events", "replay", event_id, *channel_options(shared_relay.url, channel), "--json"])
+    await target.wait_for_requests(2, DELIVERY_TIMEOUT)
+    await wait_until_attempts(api, event_id, 2)
+
+    exit_code, stdout, stderr = await runner.run(["events", "show", event_id, *channel_options(shared_relay.url, channel)])
+
+    assert exit_code == 0, stderr
+    lines = [line for line in stdout.splitlines() if line.startswith(("attempt ", "replayed "))]
+    assert [line.split(" at ")[0] for line in lines] == ["attempt 1 (default)", "replayed (default):", "attempt 1 (default)"], stdout
+    assert all(": 200  " in line for line in lines if line.startswith("attempt ")), stdout
+
+
+async def wait_until_attempts(api: ChannelApi, event_id: str, count: int) -> None:
+    """Poll the event's detail until it lists ``count`` attempts."""
+    deadline = asyncio.get_running_loop().time() + DELIVERY_TIMEOUT
+    while len((await api.show(event_id))["attempts"]) < count:
+        assert asyncio.get_running_loop().time() < deadline, f"{event_id} did not reach {count} attempts"
+        await asyncio.sleep(50 * MS)
+
+
 async def test_events_replay_other_group(runner, shared_relay, start_target):
     """`events replay --group` sends the event to that group's listener."""
     channel = await runner.create_channel(shared_relay.url)
