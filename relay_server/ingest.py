@@ -108,11 +108,14 @@ async def ingest_not_found(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except web.HTTPNotFound:
         if request.path == INGEST_PREFIX.rstrip("/") or request.path.startswith(INGEST_PREFIX):
-            return _channel_not_found()
+            # The routes match every URL with a channel segment, so this one has none.
+            return _channel_not_found("")
         raise
 
 
-def _channel_not_found() -> web.Response:
+def _channel_not_found(channel_id: str) -> web.Response:
+    if not channel_id:
+        return json_error(404, "channel_not_found", f"the URL names no channel; post to {INGEST_PREFIX}<channel id>")
     return json_error(404, "channel_not_found", "no channel at this URL; create one with 'hookrelay channel create'")
 
 
@@ -125,7 +128,7 @@ async def ingest(request: web.BaseRequest, state: RelayState) -> web.StreamRespo
     channel_id, tail = split_target(request.raw_path)
     channel = await state.store.get_channel(channel_id)
     if channel is None:
-        return _channel_not_found()
+        return _channel_not_found(channel_id)
     rejection = admit_channel(state, channel_id)
     if rejection is not None:
         return rejection

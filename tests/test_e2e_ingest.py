@@ -137,4 +137,4 @@ async def test_ingest_prefix_without_channel_404_json(shared_relay):
 
         assert response.status == 404, path
         assert response.content_type.startswith("application/json"), response.describe()
-        assert response.json()["error"] == "channel_not_found"
+        assert response.json() == {"error": "channel_not_found", "message": "the URL names no channel; post to /h/<channel id>"}
