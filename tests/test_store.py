@@ -442,6 +442,12 @@ async def test_redis_nodes_share_channels(make_store, backend):
     assert event.id == "evt_ch_a_00000"
 
 
+async def die(store) -> None:
+    """Stop a Redis store as a killed node stops: no release, no more presence refreshes."""
+    store._refresher.cancel()
+    await store._client.aclose()
+
+
 @pytest.mark.parametrize("backend", ["redis"])
 async def test_redis_dead_node_events_reclaimed(make_store, backend):
     """Pending events of a node that stopped refreshing its consumers go to another node after the TTL."""
@@ -451,9 +457,7 @@ async def test_redis_dead_node_events_reclaimed(make_store, backend):
     await dead.create_channel(ChannelRecord("ch_a", b"h", time.time()))
     await append_many(dead, "ch_a", 3)
     taken = await dead.claim("ch_a", "default", "a1", 2)
-    # The node dies: no release, no more presence refreshes.
-    dead._refresher.cancel()
-    await dead._client.aclose()
+    await die(dead)
 
     woken = []
     async with make_store(presence_ttl=ttl) as survivor:
@@ -465,6 +469,41 @@ async def test_redis_dead_node_events_reclaimed(make_store, backend):
     assert [e.id for e in late] == [e.id for e in taken]
     assert [e.delivery_count for e in late] == [2, 2]
     assert woken == ["ch_a"]
+
+
+@pytest.mark.parametrize("backend", ["redis"])
+async def test_redis_wakes_for_each_dead_consumer(make_store, backend):
+    """A consumer that expires while another expired one is forgotten still wakes the node's listeners."""
+    ttl = 300 * MS
+    old_g2 = make_store(presence_ttl=ttl)
+    await old_g2.open()
+    await old_g2.create_channel(ChannelRecord("ch_a", b"h", time.time()))
+    await old_g2.claim("ch_a", "g2", "g2-old", 1)
+    await die(old_g2)
+    holder = make_store(presence_ttl=ttl)
+    await holder.open()
+    await append_many(holder, "ch_a", 3)
+    held = await holder.claim("ch_a", "default", "d-old", 3)
+
+    woken = []
+    # The survivor's own refresher stays asleep: the test refreshes it at chosen moments.
+    async with make_store(presence_ttl=60.0) as survivor:
+        survivor.on_reclaimable = woken.append
+        assert await survivor.claim("ch_a", "default", "d-new", 5) == []
+        await asyncio.sleep(2 * ttl)
+        await survivor._refresh_once()
+        first_wake = list(woken)
+
+        await die(holder)
+        # A claim in g2 removes the expired g2 consumer, which holds nothing.
+        await survivor.claim("ch_a", "g2", "g2-new", 1)
+        await asyncio.sleep(2 * ttl)
+        await survivor._refresh_once()
+        taken = await survivor.claim("ch_a", "default", "d-new", 5)
+
+    assert first_wake == ["ch_a"]
+    assert woken == ["ch_a", "ch_a"]
+    assert [event.id for event in taken] == [event.id for event in held]
 
 
 @pytest.mark.parametrize("backend", ["redis"])

@@ -130,7 +130,8 @@ class RedisStore(EventStore):
         # Consumers served by this node, refreshed in Redis while they live.
         self._live: dict[str, set[str]] = {}
         self._refresher: asyncio.Task[None] | None = None
-        self._stale_seen: dict[str, int] = {}
+        # Per channel, the expired consumers (group/consumer) of the last refresh.
+        self._stale_seen: dict[str, set[str]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         # Per channel: appends waiting for the next pipeline, and the task that sends them.
         self._queued_appends: dict[str, list[_QueuedAppend]] = {}
@@ -453,23 +454,31 @@ class RedisStore(EventStore):
         """Keep this node's consumers alive in Redis, and report channels whose consumers died."""
         while True:
             await asyncio.sleep(self.presence_ttl / 3)
-            for channel, members in list(self._live.items()):
-                try:
-                    stale = await self._script(
-                        "refresh presence", "REFRESH", channel, [int(self.presence_ttl * 1000), *members], ()
-                    ) if members else 0
-                except StoreError as exc:
-                    logger.warning("presence refresh failed channel=%s: %s", channel, exc)
-                    break
-                self._report_stale(channel, int(stale))
+            await self._refresh_once()
 
-    def _report_stale(self, channel: str, stale: int) -> None:
-        # Wake local listeners once each time the number of dead consumers
-        # grows; their next claim takes over what those consumers held.
-        seen = self._stale_seen.get(channel, 0)
+    async def _refresh_once(self) -> None:
+        for channel, members in list(self._live.items()):
+            if not members:
+                continue
+            try:
+                expired = await self._script("refresh presence", "REFRESH", channel, [int(self.presence_ttl * 1000), *members], ())
+            except StoreError as exc:
+                logger.warning("presence refresh failed channel=%s: %s", channel, exc)
+                return
+            self._report_stale(channel, {_as_text(member) for member in expired})
+
+    def _report_stale(self, channel: str, stale: set[str]) -> None:
+        """Wake local listeners once for each consumer seen expired; their next claim takes over what it held.
+
+        The set is compared, not its size: a claim removes an expired consumer
+        that holds nothing, so one consumer can expire while another is
+        removed, and a session that found nothing to claim waits for a
+        wake-up.
+        """
+        seen = self._stale_seen.get(channel, set())
         self._stale_seen[channel] = stale
-        if stale > seen and self.on_reclaimable is not None:
-            logger.info("consumers expired channel=%s count=%d: reclaiming their events", channel, stale)
+        if stale - seen and self.on_reclaimable is not None:
+            logger.info("consumers expired channel=%s count=%d: reclaiming their events", channel, len(stale - seen))
             self.on_reclaimable(channel)
 
 

@@ -470,13 +470,13 @@ return drop_entries(expired, groups())
 """
 
 REFRESH = r"""
--- ARGV: presence ttl ms, members... Returns how many consumers expired.
+-- ARGV: presence ttl ms, members... Returns the consumers that expired, as group/consumer.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 for i = 2, #ARGV do
   redis.call('ZADD', KEYS[9], now + tonumber(ARGV[1]), ARGV[i])
 end
-return redis.call('ZCOUNT', KEYS[9], '-inf', now)
+return redis.call('ZRANGEBYSCORE', KEYS[9], '-inf', now)
 """
 
 UPDATE_CHANNEL = r"""
