@@ -22,6 +22,7 @@ from relay_client import api_client
 from relay_client.cli_common import (
     DEFAULT_RELAY,
     ChannelOption,
+    ExitStatus,
     JsonOption,
     RelayOption,
     TokenOption,
@@ -31,7 +32,7 @@ from relay_client.cli_common import (
 )
 from relay_client.config import ListenerConfig, check_http_url, parse_target
 from relay_client.console import printable
-from relay_client.errors import RelayUnreachable, UsageError
+from relay_client.errors import RelayRejected, RelayUnreachable, Unauthorized, UsageError
 from relay_client.forwarder import Forwarder
 from relay_client.retry import RetryPolicy
 from relay_client.settings import ChannelBook
@@ -165,17 +166,33 @@ def replay_event(
     group: Annotated[str, typer.Option(help="Consumer group that receives the event again.")] = "default",
     as_json: JsonOption = False,
 ) -> None:
-    """Deliver events again to the listeners of a group, with the same ids."""
+    """Deliver events again to the listeners of a group, with the same ids.
+
+    An event the relay rejects (unknown, or in flight to the group) is
+    reported on stderr and the others are still replayed. The exit status is
+    then 1.
+    """
     saved = known_channel(relay, channel, token)
     results = []
+    rejected = 0
     for event_id in event_ids:
-        results.append(asyncio.run(api_client.replay_event(relay, saved.channel, saved.token, event_id, group)))
+        try:
+            result = asyncio.run(api_client.replay_event(relay, saved.channel, saved.token, event_id, group))
+        except Unauthorized:
+            # No other event can fare better with the same token.
+            raise
+        except RelayRejected as exc:
+            stderr.print(f"hookrelay: error: {event_id} not replayed: {exc.message}", markup=False)
+            rejected += 1
+            continue
+        results.append(result)
+        if not as_json:
+            note = " (a new group: no listener has used it yet)" if result.get("new_group") else ""
+            print(f"{result['id']} queued for group {result['group']}{note}", flush=True)
     if as_json:
         print(json.dumps(results))
-    else:
-        for result in results:
-            note = " (a new group: no listener has used it yet)" if result.get("new_group") else ""
-            print(f"{result['id']} queued for group {result['group']}{note}")
+    if rejected:
+        raise typer.Exit(ExitStatus.ERROR)
 
 
 @events_app.command("delete")

@@ -56,6 +56,18 @@ class DuplicateEvent(RelayError):
         return f"channel {self.channel} already stored delivery {self.key} as event {self.event_id}"
 
 
+class EventInFlight(RelayError):
+    """A listener of ``group`` is delivering ``event_id`` now, so a replay would merge into that delivery."""
+
+    def __init__(self, event_id: str, group: str) -> None:
+        super().__init__(event_id, group)
+        self.event_id = event_id
+        self.group = group
+
+    def __str__(self) -> str:
+        return f"event {self.event_id} is being delivered to group {self.group} now; replay it once that delivery ends"
+
+
 class ConfigError(RelayError):
     """A server option or channel setting is invalid; ``value`` None means it is missing."""
 

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from relay_server import channel_security, responses
 from relay_server.api import GROUP_RULE, authorize_channel, invalid_group, unauthorized, valid_group, with_channel_token
-from relay_server.errors import ConfigError
+from relay_server.errors import ConfigError, EventInFlight
 from relay_server.ingest import json_error
 from relay_server.state import STATE, RelayState
 from relay_server.store.base import DEFAULT_GROUP, EVENT_STATES, EventDetail, EventQuery, EventSummary
@@ -199,7 +199,12 @@ async def replay_event(request: web.Request, channel: str) -> web.Response:
     # A replay to a group no listener has used yet creates it, even a group
     # named by a typo, so the response reports it.
     new_group = group not in await state.store.list_groups(channel)
-    if not await state.store.replay(channel, event_id, group):
+    try:
+        replayed = await state.store.replay(channel, event_id, group)
+    except EventInFlight as exc:
+        logger.info("replay rejected channel=%s event_id=%s group=%s: the event is in flight", channel, event_id, group)
+        return json_error(409, "event_in_flight", str(exc))
+    if not replayed:
         return _event_not_found(request)
     logger.info("event replayed channel=%s event_id=%s group=%s new_group=%s", channel, event_id, group, new_group)
     state.hub.notify(channel)

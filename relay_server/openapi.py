@@ -176,6 +176,7 @@ _INVALID_GROUP = _error("Invalid group name.")
 _CHANNEL_AUTH = [{"channelToken": []}]
 _UNAUTHORIZED = _error("Missing or wrong channel token; an unknown channel gets the same answer.")
 _NOT_FOUND = _error("No event with this id in the channel.")
+_IN_FLIGHT = _error("A listener of the group is delivering the event now; replay it once that delivery ends.")
 
 
 def _query(name: str, kind: str, description: str, **extra: Any) -> dict[str, Any]:
@@ -290,7 +291,10 @@ PATHS: dict[str, dict[str, Any]] = {
             "tags": ["history"], "operationId": "replay_event",
             "summary": "Queue the event again for a consumer group, with the same id.",
             "parameters": [_CHANNEL, _EVENT, _GROUP], "security": _CHANNEL_AUTH,
-            "responses": {"202": _json(_ref("Replayed"), "Queued."), "400": _INVALID_GROUP, "401": _UNAUTHORIZED, "404": _NOT_FOUND},
+            "responses": {
+                "202": _json(_ref("Replayed"), "Queued."), "400": _INVALID_GROUP, "401": _UNAUTHORIZED, "404": _NOT_FOUND,
+                "409": _IN_FLIGHT,
+            },
         },
     },
     "/api/metrics": {

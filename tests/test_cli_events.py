@@ -6,6 +6,9 @@ import re
 import socket
 import subprocess
 
+import websockets
+
+from relay_server.protocol import decode_events, decode_text
 from tests.support.api import ChannelApi, decode_raw
 from tests.support.cases import WebhookRequest
 from tests.support.checks import check_headers_in_order, check_no_invented_headers, post_webhook
@@ -195,6 +198,24 @@ async def test_events_replay_new_group_noted(runner, shared_relay):
 
     assert exit_code == 0, stderr
     assert stdout.strip() == f"{event_id} queued for group neverseen (a new group: no listener has used it yet)"
+
+
+async def test_events_replay_skips_event_in_flight(runner, shared_relay):
+    """`events replay` reports an event that a listener holds, replays the others, and exits 1."""
+    channel = await runner.create_channel(shared_relay.url)
+    url = shared_relay.url.replace("http://", "ws://") + f"/api/channels/{channel.id}/listen?window=1"
+    async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {channel.token}"}, proxy=None) as ws:
+        assert decode_text(await asyncio.wait_for(ws.recv(), DELIVERY_TIMEOUT))["type"] == "welcome"
+        held = await post_webhook(channel.url, b'{"held": true}')
+        assert [event.id for event in decode_events(await asyncio.wait_for(ws.recv(), DELIVERY_TIMEOUT))] == [held]
+        # The window of one keeps the second event unread, and a replay of an unread event queues nothing new.
+        waiting = await post_webhook(channel.url, b'{"waiting": true}')
+
+        exit_code, stdout, stderr = await runner.run(["events", "replay", held, waiting, *channel_options(shared_relay.url, channel)])
+
+    assert exit_code == EXIT_ERROR, stderr
+    assert stdout == f"{waiting} queued for group default\n"
+    assert f"{held} not replayed: event {held} is being delivered to group default now" in stderr
 
 
 async def test_events_delete(runner, shared_relay):

@@ -9,8 +9,10 @@ import asyncio
 import time
 
 import pytest
+import websockets
 
 from relay_server import ids
+from relay_server.protocol import DeliveryResult, decode_events, decode_text, encode_ack
 from relay_server.store import NewEvent, SQLiteStore
 from tests.support.api import ChannelApi, api_request, check_schema, decode_raw
 from tests.support.checks import post_webhook
@@ -243,6 +245,33 @@ async def test_replay_to_another_group(runner, shared_relay, start_target):
     assert sorted(outcome["group"] for outcome in detail["outcomes"]) == ["default", "other"]
     assert main_target.event_ids == [event_id]
     assert other_target.event_ids == [event_id]
+
+
+async def test_replay_in_flight_409(runner, shared_relay, openapi):
+    """A replay while the group's listener has the event unacknowledged gets 409; once acknowledged it is queued."""
+    channel, api = await new_channel(runner, shared_relay)
+    url = shared_relay.url.replace("http://", "ws://") + f"/api/channels/{channel.id}/listen?window=4&batch=1"
+    headers = {"Authorization": f"Bearer {channel.token}"}
+    async with websockets.connect(url, additional_headers=headers, proxy=None) as ws:
+        assert decode_text(await asyncio.wait_for(ws.recv(), DELIVERY_TIMEOUT))["type"] == "welcome"
+        event_id = await post_webhook(channel.url, b'{"held": true}')
+        [held] = decode_events(await asyncio.wait_for(ws.recv(), DELIVERY_TIMEOUT))
+
+        refused = await api.call("POST", f"/events/{event_id}/replay")
+        await ws.send(encode_ack([DeliveryResult(event_id, "delivered", 200)]))
+        await api.wait_for_state(event_id, "delivered", DELIVERY_TIMEOUT)
+        queued = await api.call("POST", f"/events/{event_id}/replay")
+        [again] = decode_events(await asyncio.wait_for(ws.recv(), DELIVERY_TIMEOUT))
+
+    assert held.id == event_id
+    assert refused.status == 409, refused.describe()
+    check_schema(openapi, "Error", refused.body)
+    assert refused.body == {
+        "error": "event_in_flight",
+        "message": f"event {event_id} is being delivered to group default now; replay it once that delivery ends",
+    }
+    assert queued.status == 202, queued.describe()
+    assert (again.id, again.delivery_count) == (event_id, 1)
 
 
 async def test_replay_names_new_group(runner, shared_relay, openapi):

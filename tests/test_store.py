@@ -12,7 +12,7 @@ import time
 import pytest
 import redis.asyncio as aioredis
 
-from relay_server.errors import ChannelFull, DuplicateEvent, StoreError
+from relay_server.errors import ChannelFull, DuplicateEvent, EventInFlight, StoreError
 from relay_server.ids import hash_token
 from relay_server.protocol import DeliveryResult
 from relay_server.store import ChannelRecord, EventQuery, NewEvent, Retention, SQLiteStore
@@ -380,6 +380,24 @@ async def test_replay_of_unread_event_is_not_doubled(store):
     assert [e.id for e in claimed] == ["evt_ch_a_00000"]
 
 
+async def test_replay_in_flight_raises(store):
+    """A replay while a consumer has the event pending raises EventInFlight and changes nothing; after the ack it is queued."""
+    await store.append(new_event("ch_a", 0))
+    [held] = await store.claim("ch_a", "default", "c1", 5)
+
+    with pytest.raises(EventInFlight) as raised:
+        await store.replay("ch_a", held.id, "default")
+    nothing = await store.claim("ch_a", "default", "c2", 5)
+    assert await store.ack("ch_a", "default", [delivered(held.id)]) == 1
+    queued = await store.replay("ch_a", held.id, "default")
+    [again] = await store.claim("ch_a", "default", "c2", 5)
+
+    assert (raised.value.event_id, raised.value.group) == (held.id, "default")
+    assert nothing == []
+    assert queued is True
+    assert (again.id, again.delivery_count) == (held.id, 1)
+
+
 async def test_replay_reaches_only_its_group(store):
     """An event replayed for one group is not delivered again to another group."""
     await store.claim("ch_a", "audit", "a1", 1)
@@ -473,7 +491,7 @@ async def test_redis_dead_node_events_reclaimed(make_store, backend):
 
 @pytest.mark.parametrize("backend", ["redis"])
 async def test_redis_wakes_for_each_dead_consumer(make_store, backend):
-    """A consumer that expires while another expired one is forgotten still wakes the node's listeners."""
+    """A consumer that expires while another expired one is removed still wakes the node's listeners."""
     ttl = 300 * MS
     old_g2 = make_store(presence_ttl=ttl)
     await old_g2.open()
@@ -495,7 +513,7 @@ async def test_redis_wakes_for_each_dead_consumer(make_store, backend):
         first_wake = list(woken)
 
         await die(holder)
-        # A claim in g2 removes the expired g2 consumer, which holds nothing.
+        # A claim in g2 removes the expired g2 consumer, which has no pending events.
         await survivor.claim("ch_a", "g2", "g2-new", 1)
         await asyncio.sleep(2 * ttl)
         await survivor._refresh_once()

@@ -260,6 +260,10 @@ class EventStore(abc.ABC):
         The group's outcome for the event is cleared, so history shows it
         pending until the next delivery finishes. The next claim hands it out
         with ``delivery_count`` 1, as a first delivery rather than a redelivery.
+
+        Raises :class:`~relay_server.errors.EventInFlight` while a listener of
+        ``group`` is delivering the event: the listener would take the replay
+        for a copy of the delivery in hand and send it only once.
         """
 
     @abc.abstractmethod

@@ -44,7 +44,7 @@ from typing import Any, TypeVar
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
-from relay_server.errors import ChannelFull, DuplicateEvent, StoreError
+from relay_server.errors import ChannelFull, DuplicateEvent, EventInFlight, StoreError
 from relay_server.protocol import AttemptReport, DeliveryResult, Event
 from relay_server.store import redis_scripts
 from relay_server.store.redis_channels import CHANNEL_MAX_AGE, ChannelCache
@@ -82,6 +82,8 @@ PRESENCE_TTL = 15.0
 _PRUNE_FRACTION = 0.01
 _PRUNE_BUDGET = 1000
 _HISTORY_CHUNK = 500
+# The REPLAY script's result when a live consumer is delivering the event.
+_REPLAY_IN_FLIGHT = 2
 
 _SCRIPT_NAMES = (
     "APPEND", "CLAIM", "ACK", "RECORD", "RELEASE", "BACKLOG", "DETAIL",
@@ -431,7 +433,10 @@ class RedisStore(EventStore):
 
     async def replay(self, channel: str, event_id: str, group: str) -> bool:
         args = [event_id, group, HUB_CHANNEL, wake_up_message(channel)]
-        return bool(await self._script("replay", "REPLAY", channel, args))
+        replayed = int(await self._script("replay", "REPLAY", channel, args))
+        if replayed == _REPLAY_IN_FLIGHT:
+            raise EventInFlight(event_id, group)
+        return bool(replayed)
 
     async def prune(self, now: float) -> int:
         cutoff = now - self.retention.max_age
@@ -471,7 +476,7 @@ class RedisStore(EventStore):
         """Wake local listeners once for each consumer seen expired; their next claim takes over what it held.
 
         The set is compared, not its size: a claim removes an expired consumer
-        that holds nothing, so one consumer can expire while another is
+        that has no pending events, so one consumer can expire while another is
         removed, and a session that found nothing to claim waits for a
         wake-up.
         """

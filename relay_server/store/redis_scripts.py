@@ -412,10 +412,27 @@ return 1
 
 REPLAY = PRELUDE + r"""
 -- ARGV: event id, group, hub pub/sub channel, wake-up message
+-- Returns 0 for an unknown event, 2 when a live consumer of the group is
+-- delivering it now, 1 when it is queued.
 local event_id, group = ARGV[1], ARGV[2]
 local seq = redis.call('HGET', KEYS[3], event_id)
 if not seq then return 0 end
 ensure_group(group)
+local key = group .. '\n' .. event_id
+
+-- A replay of an event in flight would merge into that delivery, so it is
+-- refused. The event's own entry and a replay reference may be pending.
+local now = now_ms()
+for _, id in ipairs({seq .. '-0', redis.call('HGET', KEYS[8], key)}) do
+  if id then
+    local entry = redis.call('XPENDING', KEYS[2], group, id, id, 1)[1]
+    if entry then
+      local expiry = redis.call('ZSCORE', KEYS[9], group .. '/' .. entry[2])
+      if expiry and tonumber(expiry) >= now then return 2 end
+    end
+  end
+end
+
 -- Every path below leaves the event claimable by the group. The script runs
 -- atomically, so no node claims before the whole change is made.
 redis.call('PUBLISH', ARGV[3], ARGV[4])
@@ -423,7 +440,6 @@ local position = 0
 for _, g in ipairs(groups()) do
   if g[1] == group then position = g[2] end
 end
-local key = group .. '\n' .. event_id
 -- The replayed delivery gets a fresh --max-attempts budget.
 redis.call('HDEL', KEYS[10], key)
 if tonumber(seq) > position then

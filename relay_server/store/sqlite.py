@@ -48,7 +48,7 @@ try:
 except ImportError:  # pragma: no cover - Windows
     fcntl = None
 
-from relay_server.errors import ChannelFull, StoreError
+from relay_server.errors import ChannelFull, EventInFlight, StoreError
 from relay_server.protocol import AttemptReport, DeliveryResult, Event, dump_json, load_json
 from relay_server.store import sqlite_bodies, sqlite_dedupe
 from relay_server.store.base import (
@@ -911,6 +911,9 @@ class SQLiteStore(EventStore):
             if seq > self._group_cursor(conn, channel, group):
                 # The group has not read it yet: it will arrive anyway.
                 return True
+            held = conn.execute("SELECT consumer FROM pending WHERE channel = ? AND grp = ? AND seq = ?", (channel, group, seq)).fetchone()
+            if held is not None and held[0] is not None:
+                raise EventInFlight(event_id, group)
             # delivery_count 0: the claim adds one, so the replay arrives as a
             # first delivery, which a listener forwards even if it remembers the id.
             conn.execute(
