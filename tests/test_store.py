@@ -460,6 +460,14 @@ async def test_redis_nodes_share_channels(make_store, backend):
     assert event.id == "evt_ch_a_00000"
 
 
+async def first_node(make_store, ttl: float):
+    """Open a Redis store with presence TTL ``ttl`` and create channel ch_a through it."""
+    store = make_store(presence_ttl=ttl)
+    await store.open()
+    await store.create_channel(ChannelRecord("ch_a", b"h", time.time()))
+    return store
+
+
 async def die(store) -> None:
     """Stop a Redis store as a killed node stops: no release, no more presence refreshes."""
     store._refresher.cancel()
@@ -470,9 +478,7 @@ async def die(store) -> None:
 async def test_redis_dead_node_events_reclaimed(make_store, backend):
     """Pending events of a node that stopped refreshing its consumers go to another node after the TTL."""
     ttl = 300 * MS
-    dead = make_store(presence_ttl=ttl)
-    await dead.open()
-    await dead.create_channel(ChannelRecord("ch_a", b"h", time.time()))
+    dead = await first_node(make_store, ttl)
     await append_many(dead, "ch_a", 3)
     taken = await dead.claim("ch_a", "default", "a1", 2)
     await die(dead)
@@ -493,9 +499,7 @@ async def test_redis_dead_node_events_reclaimed(make_store, backend):
 async def test_redis_wakes_for_each_dead_consumer(make_store, backend):
     """A consumer that expires while another expired one is removed still wakes the node's listeners."""
     ttl = 300 * MS
-    old_g2 = make_store(presence_ttl=ttl)
-    await old_g2.open()
-    await old_g2.create_channel(ChannelRecord("ch_a", b"h", time.time()))
+    old_g2 = await first_node(make_store, ttl)
     await old_g2.claim("ch_a", "g2", "g2-old", 1)
     await die(old_g2)
     holder = make_store(presence_ttl=ttl)
