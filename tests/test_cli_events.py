@@ -201,21 +201,21 @@ async def test_events_replay_new_group_noted(runner, shared_relay):
 
 
 async def test_events_replay_skips_event_in_flight(runner, shared_relay):
-    """`events replay` reports an event that a listener holds, replays the others, and exits 1."""
+    """`events replay` reports an event that a listener has in flight, replays the others, and exits 1."""
     channel = await runner.create_channel(shared_relay.url)
     url = shared_relay.url.replace("http://", "ws://") + f"/api/channels/{channel.id}/listen?window=1"
     async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {channel.token}"}, proxy=None) as ws:
         assert decode_text(await asyncio.wait_for(ws.recv(), DELIVERY_TIMEOUT))["type"] == "welcome"
-        held = await post_webhook(channel.url, b'{"held": true}')
-        assert [event.id for event in decode_events(await asyncio.wait_for(ws.recv(), DELIVERY_TIMEOUT))] == [held]
+        in_flight = await post_webhook(channel.url, b'{"in_flight": true}')
+        assert [event.id for event in decode_events(await asyncio.wait_for(ws.recv(), DELIVERY_TIMEOUT))] == [in_flight]
         # The window of one keeps the second event unread, and a replay of an unread event queues nothing new.
         waiting = await post_webhook(channel.url, b'{"waiting": true}')
 
-        exit_code, stdout, stderr = await runner.run(["events", "replay", held, waiting, *channel_options(shared_relay.url, channel)])
+        exit_code, stdout, stderr = await runner.run(["events", "replay", in_flight, waiting, *channel_options(shared_relay.url, channel)])
 
     assert exit_code == EXIT_ERROR, stderr
     assert stdout == f"{waiting} queued for group default\n"
-    assert f"{held} not replayed: event {held} is being delivered to group default now" in stderr
+    assert f"{in_flight} not replayed: event {in_flight} is being delivered to group default now" in stderr
 
 
 async def test_events_delete(runner, shared_relay):

@@ -254,19 +254,19 @@ async def test_replay_in_flight_409(runner, shared_relay, openapi):
     headers = {"Authorization": f"Bearer {channel.token}"}
     async with websockets.connect(url, additional_headers=headers, proxy=None) as ws:
         assert decode_text(await asyncio.wait_for(ws.recv(), DELIVERY_TIMEOUT))["type"] == "welcome"
-        event_id = await post_webhook(channel.url, b'{"held": true}')
-        [held] = decode_events(await asyncio.wait_for(ws.recv(), DELIVERY_TIMEOUT))
+        event_id = await post_webhook(channel.url, b'{"in_flight": true}')
+        [in_flight] = decode_events(await asyncio.wait_for(ws.recv(), DELIVERY_TIMEOUT))
 
-        refused = await api.call("POST", f"/events/{event_id}/replay")
+        rejected = await api.call("POST", f"/events/{event_id}/replay")
         await ws.send(encode_ack([DeliveryResult(event_id, "delivered", 200)]))
         await api.wait_for_state(event_id, "delivered", DELIVERY_TIMEOUT)
         queued = await api.call("POST", f"/events/{event_id}/replay")
         [again] = decode_events(await asyncio.wait_for(ws.recv(), DELIVERY_TIMEOUT))
 
-    assert held.id == event_id
-    assert refused.status == 409, refused.describe()
-    check_schema(openapi, "Error", refused.body)
-    assert refused.body == {
+    assert in_flight.id == event_id
+    assert rejected.status == 409, rejected.describe()
+    check_schema(openapi, "Error", rejected.body)
+    assert rejected.body == {
         "error": "event_in_flight",
         "message": f"event {event_id} is being delivered to group default now; replay it once that delivery ends",
     }

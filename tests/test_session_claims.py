@@ -24,7 +24,7 @@ RECEIVE_TIMEOUT = 5_000 * MS
 
 
 class ClaimRecordingStore(SQLiteStore):
-    """A real store that keeps how many events each claim asked for and found."""
+    """A real store that records how many events each claim requested and found."""
 
     def __init__(self, path) -> None:
         super().__init__(path)
@@ -68,7 +68,7 @@ async def ack(ws, events) -> None:
 
 
 async def test_no_claim_after_short_claim(tmp_path):
-    """A claim that finds fewer events than it asked for is not followed by another, nor by one per ack."""
+    """A claim that finds fewer events than it requested is not followed by another, nor by one per ack."""
     async with listening(tmp_path, window=8) as (store, state, ingest_url, ws):
         await wait_until(lambda: len(store.claims) == 1, RECEIVE_TIMEOUT, "the first claim")
         for index in range(4):
@@ -88,7 +88,7 @@ async def test_no_claim_after_short_claim(tmp_path):
 
 
 async def test_ack_resumes_a_full_window(tmp_path):
-    """With more events held than the window takes, each ack lets the next event out."""
+    """With more events stored than the window takes, each ack lets the next event out."""
     async with listening(tmp_path, window=2) as (store, _state, ingest_url, ws):
         for index in range(5):
             await post(ingest_url, b'{"n": %d}' % index)

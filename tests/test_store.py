@@ -383,19 +383,19 @@ async def test_replay_of_unread_event_is_not_doubled(store):
 async def test_replay_in_flight_raises(store):
     """A replay while a consumer has the event pending raises EventInFlight and changes nothing; after the ack it is queued."""
     await store.append(new_event("ch_a", 0))
-    [held] = await store.claim("ch_a", "default", "c1", 5)
+    [in_flight] = await store.claim("ch_a", "default", "c1", 5)
 
     with pytest.raises(EventInFlight) as raised:
-        await store.replay("ch_a", held.id, "default")
+        await store.replay("ch_a", in_flight.id, "default")
     nothing = await store.claim("ch_a", "default", "c2", 5)
-    assert await store.ack("ch_a", "default", [delivered(held.id)]) == 1
-    queued = await store.replay("ch_a", held.id, "default")
+    assert await store.ack("ch_a", "default", [delivered(in_flight.id)]) == 1
+    queued = await store.replay("ch_a", in_flight.id, "default")
     [again] = await store.claim("ch_a", "default", "c2", 5)
 
-    assert (raised.value.event_id, raised.value.group) == (held.id, "default")
+    assert (raised.value.event_id, raised.value.group) == (in_flight.id, "default")
     assert nothing == []
     assert queued is True
-    assert (again.id, again.delivery_count) == (held.id, 1)
+    assert (again.id, again.delivery_count) == (in_flight.id, 1)
 
 
 async def test_replay_reaches_only_its_group(store):
@@ -423,9 +423,9 @@ async def test_claim_skips_other_groups_replays(store):
     await store.claim("ch_a", "audit", "a1", 1)
     await append_many(store, "ch_a", 12)
     for group, consumer in (("default", "d1"), ("audit", "a1")):
-        taken = await store.claim("ch_a", group, consumer, 12)
-        await store.ack("ch_a", group, [delivered(event.id) for event in taken])
-    for event in taken:
+        acked = await store.claim("ch_a", group, consumer, 12)
+        await store.ack("ch_a", group, [delivered(event.id) for event in acked])
+    for event in acked:
         assert await store.replay("ch_a", event.id, "audit") is True
     await store.append(new_event("ch_a", 12))
 
@@ -505,7 +505,7 @@ async def test_redis_wakes_for_each_dead_consumer(make_store, backend):
     holder = make_store(presence_ttl=ttl)
     await holder.open()
     await append_many(holder, "ch_a", 3)
-    held = await holder.claim("ch_a", "default", "d-old", 3)
+    orphaned = await holder.claim("ch_a", "default", "d-old", 3)
 
     woken = []
     # The survivor's own refresher stays asleep: the test refreshes it at chosen moments.
@@ -521,11 +521,11 @@ async def test_redis_wakes_for_each_dead_consumer(make_store, backend):
         await survivor.claim("ch_a", "g2", "g2-new", 1)
         await asyncio.sleep(2 * ttl)
         await survivor._refresh_once()
-        taken = await survivor.claim("ch_a", "default", "d-new", 5)
+        reclaimed = await survivor.claim("ch_a", "default", "d-new", 5)
 
     assert first_wake == ["ch_a"]
     assert woken == ["ch_a", "ch_a"]
-    assert [event.id for event in taken] == [event.id for event in held]
+    assert [event.id for event in reclaimed] == [event.id for event in orphaned]
 
 
 @pytest.mark.parametrize("backend", ["redis"])

@@ -243,7 +243,12 @@ class EventStore(abc.ABC):
 
     @abc.abstractmethod
     async def list_events(self, channel: str, query: EventQuery) -> list[EventSummary]:
-        """Return the channel's events matching ``query``, newest first."""
+        """Return the channel's events matching ``query``, newest first.
+
+        NOTE: an event without an outcome for ``query.group`` shows as pending,
+        also when it was stored before the group's first claim and so never
+        goes to that group, and for a group that no listener has used.
+        """
 
     @abc.abstractmethod
     async def get_event(self, channel: str, event_id: str) -> EventDetail | None:

@@ -462,6 +462,7 @@ class RedisStore(EventStore):
             await self._refresh_once()
 
     async def _refresh_once(self) -> None:
+        """Refresh the expiry of this node's consumers in every channel, and report the consumers found expired."""
         for channel, members in list(self._live.items()):
             if not members:
                 continue
@@ -473,7 +474,7 @@ class RedisStore(EventStore):
             self._report_stale(channel, {_as_text(member) for member in expired})
 
     def _report_stale(self, channel: str, stale: set[str]) -> None:
-        """Wake local listeners once for each consumer seen expired; their next claim takes over what it held.
+        """Wake local listeners once for each consumer seen expired, so that their next claim takes over its pending events.
 
         The set is compared, not its size: a claim removes an expired consumer
         that has no pending events, so one consumer can expire while another is

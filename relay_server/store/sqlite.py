@@ -911,8 +911,10 @@ class SQLiteStore(EventStore):
             if seq > self._group_cursor(conn, channel, group):
                 # The group has not read it yet: it will arrive anyway.
                 return True
-            held = conn.execute("SELECT consumer FROM pending WHERE channel = ? AND grp = ? AND seq = ?", (channel, group, seq)).fetchone()
-            if held is not None and held[0] is not None:
+            (consumer,) = conn.execute(
+                "SELECT consumer FROM pending WHERE channel = ? AND grp = ? AND seq = ?", (channel, group, seq)
+            ).fetchone() or (None,)
+            if consumer is not None:
                 raise EventInFlight(event_id, group)
             # delivery_count 0: the claim adds one, so the replay arrives as a
             # first delivery, which a listener forwards even if it remembers the id.
